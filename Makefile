@@ -1,0 +1,41 @@
+# The single entry point: the README, CI and developers all call these targets.
+# ORT=cpu (default) installs onnxruntime; ORT=gpu installs onnxruntime-gpu instead, never both.
+PYTHON ?= python3
+VENV ?= .venv
+ORT ?= cpu
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(ORT)
+
+.PHONY: install install-gpu demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@# Both wheels ship the same `onnxruntime` module and the last one installed wins:
+	@# remove both, then install exactly the one asked for.
+	$(PY) -m pip uninstall --quiet --yes onnxruntime onnxruntime-gpu
+	$(PY) -m pip install --quiet -e ".[$(ORT),dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install-gpu:
+	$(MAKE) install ORT=gpu
+
+demo: install
+	$(VENV)/bin/onnxq demo
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: install
+	$(VENV)/bin/onnxq bench --model chest-xray-classifier-demo
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

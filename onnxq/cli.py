@@ -1,0 +1,32 @@
+"""The `onnxq` command: every process and verb of onnxq behind one entry point."""
+
+from __future__ import annotations
+
+import typer
+
+from onnxq.demo import demo, up
+from onnxq.logs import configure as configure_logging
+from producer.cli import status, submit
+from schema.cli import audit_app, db_app
+from workers.cli import models_app, worker
+
+app = typer.Typer(
+    help="onnxq: queue-driven batch workers for ONNX inference.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _main() -> None:
+    configure_logging()
+
+
+app.add_typer(db_app, name="db")
+app.add_typer(models_app, name="models")
+app.add_typer(audit_app, name="audit")
+app.command("submit")(submit)
+app.command("status")(status)
+app.command("worker")(worker)
+app.command("up")(up)
+app.command("demo")(demo)

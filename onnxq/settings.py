@@ -1,0 +1,125 @@
+"""The one settings object: read once from the environment, imported everywhere else.
+
+12-factor names first (`REDIS_URL`, `DATABASE_URL`, `PORT`), `ONNXQ_*` for the rest. No other
+module reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything a process of onnxq may be configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="ONNXQ_", extra="ignore", populate_by_name=True)
+
+    env: Literal["development", "production"] = "development"
+    log_level: str = "INFO"
+
+    redis_url_env: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL"))
+    database_url_env: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL"))
+    port: int = Field(default=8000, validation_alias=AliasChoices("PORT"))
+
+    data_dir: Path = Path("data")
+    model_dir: Path = Path("onnx")
+    audit_key: SecretStr | None = None
+
+    # Producer-side validation.
+    max_image_bytes: int = 10 * MiB
+    max_image_pixels: int = 40_000_000
+    min_image_side_px: int = 8
+
+    # Batching defaults for models whose model.toml says nothing.
+    default_max_batch_size: int = 16
+    default_max_wait_ms: float = 5.0
+
+    # Worker.
+    worker_processes: int = 1
+    worker_threads: int | None = None  # default: the largest max_batch_size of the active models
+    job_max_retries: int = 5
+    job_min_backoff_ms: int = 500
+    job_max_backoff_ms: int = 60_000
+    payload_ttl_s: int = 7 * 24 * 3600
+    redis_namespace: str = "onnxq"
+    # Dramatiq's Redis broker requeues the messages of a dead worker once its heartbeat is
+    # this old; lower it in tests to see redelivery quickly.
+    redis_heartbeat_timeout_ms: int = 60_000
+    redis_maintenance_chance: int = 1000  # out of a million fetches
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.env == "production":
+            missing = [
+                name
+                for name, value in (
+                    ("ONNXQ_AUDIT_KEY", self.audit_key),
+                    ("DATABASE_URL", self.database_url_env),
+                    ("REDIS_URL", self.redis_url_env),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(
+                    f"ONNXQ_ENV=production needs {', '.join(missing)} set explicitly: a per-host "
+                    "default would split the audit chain, the database or the queue between hosts."
+                )
+        return self
+
+    @property
+    def embedded_redis_socket(self) -> Path:
+        """Where `onnxq up` puts the socket of the Redis it starts itself."""
+        return (self.data_dir / "redis" / "redis.sock").resolve()
+
+    @property
+    def redis_url(self) -> str:
+        """`REDIS_URL`; else the embedded Redis if `onnxq up` runs one; else a local Redis."""
+        if self.redis_url_env:
+            return self.redis_url_env
+        if self.embedded_redis_socket.exists():
+            return f"unix://{self.embedded_redis_socket}"
+        return "redis://127.0.0.1:6379/0"
+
+    @property
+    def database_url(self) -> str:
+        """`DATABASE_URL` (PostgreSQL URLs use psycopg 3); else a SQLite file in the data dir."""
+        url = self.database_url_env
+        if not url:
+            return f"sqlite:///{(self.data_dir / 'onnxq.db').resolve()}"
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    def audit_key_bytes(self) -> bytes:
+        """The HMAC key for input hashes and the audit chain; generated once into the data dir."""
+        if self.audit_key is not None:
+            return self.audit_key.get_secret_value().encode()
+        path = self.data_dir / "audit.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            candidate = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
+            candidate.write_text(secrets.token_hex(32))
+            candidate.chmod(0o600)
+            try:
+                # link() fails if another process won the race; then we use its key.
+                path.hardlink_to(candidate)
+            except FileExistsError:
+                pass
+            finally:
+                candidate.unlink()
+        return path.read_text().strip().encode()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

@@ -1,0 +1,5 @@
+"""The producer side: the Python client, and the CLI verbs that put jobs in and read them out."""
+
+from producer.client import SubmitOutcome, get_job, submit_inference, wait_for_jobs
+
+__all__ = ["SubmitOutcome", "get_job", "submit_inference", "wait_for_jobs"]

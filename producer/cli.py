@@ -1,0 +1,136 @@
+"""`onnxq submit` and `onnxq status`: the producer's command-line verbs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from onnxq.errors import InputTooLarge, OnnxqError
+from onnxq.settings import get_settings
+from producer.client import get_job, submit_inference, wait_for_jobs
+
+PROGRESS_MIN_FILES = 5
+err = Console(stderr=True)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes; an oversized file is refused from its size, without reading it."""
+    limit = get_settings().max_image_bytes
+    size = path.stat().st_size
+    if size > limit:
+        raise InputTooLarge(f"The file is {size / 2**20:.1f} MiB; the limit is {limit / 2**20:.0f} MiB.")
+    return path.read_bytes()
+
+
+def _human(view: dict[str, Any]) -> str:
+    parts = [view["job_id"], view["status"]]
+    if view.get("result"):
+        result = view["result"]
+        parts.append(f"{result['prediction']} {result['confidence']:.2%} (batch {result['batch_size']})")
+    if view.get("error"):
+        parts.append(f"{view['error']['code']}: {view['error']['message']}")
+    return "  ".join(parts)
+
+
+def _emit(file: str, view: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps({"file": file, **view}) + "\n")
+    else:
+        sys.stdout.write(f"{file}  {_human(view)}\n")
+    sys.stdout.flush()
+
+
+def submit(
+    files: list[Path] = typer.Argument(..., exists=False, help="Image files to classify."),
+    model: str = typer.Option(..., "--model", "-m", help="NAME or NAME@VERSION."),
+    user: str | None = typer.Option(None, "--user", help="The user the jobs belong to."),
+    idempotency_key: str | None = typer.Option(
+        None,
+        "--idempotency-key",
+        help="Same key (per user) → same job. With several files, FILE is appended.",
+    ),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the results before printing."),
+    timeout_s: float = typer.Option(300.0, "--timeout", help="Seconds to wait with --wait."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """Submit inference jobs: one line per file. Exit status 1 if any file was refused (or, with
+    --wait, any job failed)."""
+    accepted: dict[str, str] = {}
+    refused = 0
+    show_bar = len(files) >= PROGRESS_MIN_FILES
+    with _progress() as progress:
+        task = progress.add_task("submitting", total=len(files), visible=show_bar)
+        for path in files:
+            name = str(path)
+            try:
+                key = idempotency_key if idempotency_key is None or len(files) == 1 else f"{idempotency_key}:{name}"
+                outcome = submit_inference(_read(path), model, user_id=user, idempotency_key=key)
+                accepted[name] = outcome.job_id
+                if not wait:
+                    _emit(name, {"job_id": outcome.job_id, "status": outcome.status}, as_json)
+            except (OnnxqError, OSError) as exc:
+                error = (
+                    exc.as_dict() if isinstance(exc, OnnxqError) else {"code": "file_unreadable", "message": str(exc)}
+                )
+                refused += 1
+                _emit(name, {"job_id": None, "status": "refused", "error": error}, as_json)
+            progress.advance(task)
+        if wait and accepted:
+            views = _wait_with_progress(progress, list(accepted.values()), timeout_s, show_bar)
+            failed = 0
+            for name, job_id in accepted.items():
+                failed += views[job_id]["status"] == "failed"
+                _emit(name, views[job_id], as_json)
+            if failed:
+                raise typer.Exit(1)
+    if refused:
+        raise typer.Exit(1)
+
+
+def _wait_with_progress(progress: Progress, job_ids: list[str], timeout_s: float, show_bar: bool) -> dict[str, Any]:
+    task = progress.add_task("waiting", total=len(job_ids), visible=show_bar)
+    return wait_for_jobs(job_ids, timeout_s=timeout_s, on_poll=lambda done: progress.update(task, completed=done))
+
+
+def status(
+    job_id: str = typer.Argument(..., help="The job id `submit` printed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the job as JSON."),
+) -> None:
+    """Print one job."""
+    try:
+        view = get_job(job_id)
+    except OnnxqError as exc:
+        if as_json:
+            sys.stdout.write(json.dumps({"job_id": job_id, "error": exc.as_dict()}) + "\n")
+        else:
+            err.print(f"[red]{exc.code}[/red]: {exc.message}")
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(json.dumps(view, indent=2) + "\n")
+        return
+    typer.echo(_human(view))
+    for key in ("created_at", "started_at", "finished_at"):
+        typer.echo(f"  {key}: {view[key]}")
+    if view["result"]:
+        for label, p in view["result"]["probabilities"].items():
+            typer.echo(f"  {label}: {p:.4f}")
+        typer.echo(f"  timings_ms: {view['result']['timings_ms']}")

@@ -1,0 +1,141 @@
+"""The Python API for upstream code: submit inference jobs, read them, wait for them.
+
+from producer import submit_inference, get_job
+outcome = submit_inference(image_bytes, model="chest-xray-classifier-demo", user_id="u1")
+job = get_job(outcome.job_id)      # the job shape of DESIGN.md
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session, col, select
+
+from onnxq import payloads
+from onnxq.errors import JobNotFound, RetryableError
+from onnxq.images import inspect_image
+from onnxq.settings import get_settings
+from schema.audit import input_hash
+from schema.db import get_engine, session_scope
+from schema.jobs import fail_job, find_by_scope, idempotency_scope, job_view, new_job_id
+from schema.registry import resolve_model
+from schema.tables import TERMINAL_STATUSES, Job, utcnow
+
+WAIT_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    """An accepted job: its id, its status, and whether an idempotency key returned an old one."""
+
+    job_id: str
+    status: str
+    model: str
+    reused: bool = False
+
+
+def submit_inference(
+    data: bytes,
+    model: str,
+    *,
+    user_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> SubmitOutcome:
+    """Validate an image cheaply, record the job, store its payload and enqueue it.
+
+    Raises a `PermanentError` (with a stable code) for bad input or an unknown/inactive model,
+    before anything is enqueued; `RetryableError` when Redis or the database is down.
+    """
+    from workers.actors import run_inference  # imports the broker; kept out of module import
+
+    settings = get_settings()
+    inspect_image(
+        data,
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        min_side_px=settings.min_image_side_px,
+    )
+    scope = idempotency_scope(user_id, idempotency_key) if idempotency_key else None
+    try:
+        with Session(get_engine()) as session:
+            registered = resolve_model(session, model)
+            if scope is not None and (existing := find_by_scope(session, scope)) is not None:
+                return SubmitOutcome(existing.id, existing.status, registered.ref, reused=True)
+        assert registered.id is not None
+        job = Job(
+            id=new_job_id(),
+            kind="inference",
+            model_id=registered.id,
+            user_id=user_id,
+            input_hash=input_hash(settings.audit_key_bytes(), data),
+            idempotency_key=idempotency_key,
+            idempotency_scope=scope,
+            created_at=utcnow(),
+        )
+        payloads.put(
+            payloads.Payload(job.id, registered.id, user_id, job.input_hash or "", job.created_at, data),
+            settings.payload_ttl_s,
+        )
+        try:
+            with session_scope() as session:
+                session.add(job)
+        except IntegrityError:
+            # Another request with the same idempotency key won the race: return its job.
+            payloads.delete(job.id)
+            with Session(get_engine()) as session:
+                existing = find_by_scope(session, scope or "")
+            if existing is None:
+                raise
+            return SubmitOutcome(existing.id, existing.status, registered.ref, reused=True)
+        try:
+            run_inference.send(job.id)
+        except redis.RedisError as exc:
+            with session_scope() as session:
+                fail_job(session, job.id, RetryableError("The queue was unavailable; submit again."))
+            payloads.delete(job.id)
+            raise RetryableError("The queue (Redis) is unavailable; try again shortly.") from exc
+        return SubmitOutcome(job.id, job.status, registered.ref)
+    except redis.RedisError as exc:
+        raise RetryableError("The queue (Redis) is unavailable; try again shortly.") from exc
+    except OperationalError as exc:
+        raise RetryableError("The database is unavailable; try again shortly.") from exc
+
+
+def get_job(job_id: str) -> dict[str, Any]:
+    """The job shape for `job_id`; `JobNotFound` for an id onnxq never accepted."""
+    with Session(get_engine()) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(f"No job has id {job_id!r}.")
+        return job_view(job)
+
+
+def wait_for_jobs(
+    job_ids: Iterable[str], *, timeout_s: float, on_poll: Callable[[int], None] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Poll until every job has ended or `timeout_s` passes; returns the latest view of each.
+
+    `on_poll` is told, after each poll, how many of the jobs have ended (for progress bars).
+    """
+    ids = list(dict.fromkeys(job_ids))
+    views: dict[str, dict[str, Any]] = {}
+    pending = set(ids)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with Session(get_engine()) as session:
+            for job in session.exec(select(Job).where(col(Job.id).in_(pending))):
+                views[job.id] = job_view(job)
+        missing = [job_id for job_id in ids if job_id not in views]
+        if missing:
+            raise JobNotFound(f"No job has id {missing[0]!r}.")
+        pending = {job_id for job_id in pending if views[job_id]["status"] not in TERMINAL_STATUSES}
+        if on_poll is not None:
+            on_poll(len(ids) - len(pending))
+        if not pending or time.monotonic() >= deadline:
+            return {job_id: views[job_id] for job_id in ids}
+        time.sleep(WAIT_POLL_S)

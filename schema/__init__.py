@@ -1,0 +1,1 @@
+"""SQL tables, the engine, the audit chain and the Alembic migrations of onnxq."""

@@ -1,0 +1,131 @@
+"""The audit trail: keyed input hashes and an append-only, chained log of inferences.
+
+`input_hash` is HMAC-SHA256 of the input bytes under the audit key: a plain SHA-256 of a medical
+image is a fingerprint anyone holding the image can confirm. Each audit row also carries
+`prev_hash` and `row_hash` (HMAC of the row's content and `prev_hash`), so an edited, deleted or
+reordered row breaks the chain and `verify_chain` names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from schema.tables import AuditChainHead, PytorchInferenceLog
+
+GENESIS_HASH = "0" * 64
+VERIFY_PAGE_ROWS = 5000
+
+
+def input_hash(key: bytes, data: bytes) -> str:
+    """Hex HMAC-SHA256 of `data` under the audit key."""
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def row_digest(key: bytes, row: PytorchInferenceLog) -> str:
+    """The hash that chains `row` to its predecessor: HMAC over its content and `prev_hash`."""
+    content = {
+        "id": row.id,
+        "job_id": row.job_id,
+        "model_id": row.model_id,
+        "user_id": row.user_id,
+        "input_hash": row.input_hash,
+        "inference_time_ms": row.inference_time_ms,
+        "confidence": row.confidence,
+        "batch_size": row.batch_size,
+        "result": row.result,
+        "created_at": row.created_at.isoformat(),
+        "prev_hash": row.prev_hash,
+    }
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
+
+
+def lock_chain(session: Session) -> AuditChainHead:
+    """Take the chain lock for this transaction and return the head.
+
+    The first statement of the transaction must be this write: on SQLite it takes the database
+    write lock (waiting on the busy timeout) before anything is read, on PostgreSQL it locks the
+    head row until commit.
+    """
+    session.execute(update(AuditChainHead).where(col(AuditChainHead.id) == 1).values(id=1))
+    head = session.get(AuditChainHead, 1, populate_existing=True)
+    if head is None:  # first append ever; migrations normally seed the row
+        head = AuditChainHead(id=1)
+        session.add(head)
+        session.flush()
+    return head
+
+
+def append_rows(
+    session: Session, key: bytes, head: AuditChainHead, rows: Sequence[PytorchInferenceLog]
+) -> None:
+    """Chain and add `rows` after `head`, which the caller locked with `lock_chain`."""
+    for row in rows:
+        head.last_id += 1
+        row.id = head.last_id
+        row.prev_hash = head.last_hash
+        row.row_hash = row_digest(key, row)
+        head.last_hash = row.row_hash
+        session.add(row)
+    session.add(head)
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    """The first row where the chain does not hold, and why."""
+
+    row_id: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What `verify_chain` found."""
+
+    rows_checked: int
+    problem: ChainBreak | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def _rows_in_order(session: Session) -> Iterator[PytorchInferenceLog]:
+    last_id = 0
+    while True:
+        page = session.exec(
+            select(PytorchInferenceLog)
+            .where(col(PytorchInferenceLog.id) > last_id)
+            .order_by(col(PytorchInferenceLog.id))
+            .limit(VERIFY_PAGE_ROWS)
+        ).all()
+        if not page:
+            return
+        yield from page
+        last_id = page[-1].id or 0
+        session.expunge_all()
+
+
+def verify_chain(session: Session, key: bytes) -> VerifyReport:
+    """Walk the chain in id order; report the first edited, missing or reordered row."""
+    prev_hash, expected_id, checked = GENESIS_HASH, 1, 0
+    for row in _rows_in_order(session):
+        if row.id != expected_id:
+            return VerifyReport(checked, ChainBreak(row.id, f"row {expected_id} is missing"))
+        if row.prev_hash != prev_hash:
+            return VerifyReport(checked, ChainBreak(row.id, "prev_hash does not match the row before"))
+        if not hmac.compare_digest(row_digest(key, row), row.row_hash):
+            return VerifyReport(checked, ChainBreak(row.id, "row content does not match its row_hash"))
+        prev_hash, expected_id, checked = row.row_hash, expected_id + 1, checked + 1
+    head = session.get(AuditChainHead, 1)
+    if head is not None and (head.last_id, head.last_hash) != (expected_id - 1, prev_hash):
+        return VerifyReport(checked, ChainBreak(head.last_id, f"rows after {expected_id - 1} are missing (chain head)"))
+    return VerifyReport(checked, None)
+

@@ -1,0 +1,154 @@
+"""The SQLModel tables: the seed's four (names and columns kept) plus `jobs` and the audit head.
+
+Timestamps are timezone-aware UTC everywhere (`utcnow()`); SQLModel stores them as UTC on SQLite
+and PostgreSQL alike and returns them aware.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """Now, as the aware UTC datetime every table stores."""
+    return datetime.now(UTC)
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+TERMINAL_STATUSES = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value)
+
+
+class DeploymentStatus(enum.StrEnum):
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+
+
+class PytorchModel(SQLModel, table=True):
+    """A registered model version (the seed's registry; onnxq serves the ONNX ones)."""
+
+    __tablename__ = "pytorch_models"
+    __table_args__ = (UniqueConstraint("model_name", "model_version", name="uq_model_name_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(max_length=200, index=True)
+    model_version: str = Field(max_length=50)
+    model_type: str = Field(default="onnx", max_length=20)  # onnx / pytorch / torchscript
+    file_path: str = Field(max_length=500)
+    domain: str = Field(default="general", max_length=50)  # medical / legal / civic / ...
+    deployment_status: str = Field(default=DeploymentStatus.ACTIVE.value, max_length=20)
+    input_shape: list[Any] | None = Field(default=None, sa_column=Column(JSON))
+    output_shape: list[Any] | None = Field(default=None, sa_column=Column(JSON))
+    accuracy: float | None = None
+    # onnxq's additions.
+    sha256: str = Field(max_length=64)
+    labels: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def ref(self) -> str:
+        """`name@version`, as users write it."""
+        return f"{self.model_name}@{self.model_version}"
+
+
+class Job(SQLModel, table=True):
+    """One accepted job, from `queued` to `succeeded` or `failed`."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_created_at", "status", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    kind: str = Field(default="inference", max_length=20)
+    status: str = Field(default=JobStatus.QUEUED.value, max_length=20)
+    model_id: int | None = Field(default=None, foreign_key="pytorch_models.id", index=True)
+    user_id: str | None = Field(default=None, max_length=200)
+    input_hash: str | None = Field(default=None, max_length=64)
+    # sha256(user_id, key): unique, so one idempotency key per user maps to one job.
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    idempotency_scope: str | None = Field(default=None, max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    error_code: str | None = Field(default=None, max_length=50)
+    error_message: str | None = Field(default=None, max_length=1000)
+
+
+class PytorchInferenceLog(SQLModel, table=True):
+    """One audit row per succeeded inference: hashed input, never the input; chained."""
+
+    __tablename__ = "pytorch_inference_logs"
+
+    # Assigned under the chain lock (not by the database), so id order is chain order.
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="pytorch_models.id", index=True)
+    user_id: str | None = Field(default=None, max_length=200)
+    input_hash: str = Field(max_length=64)
+    inference_time_ms: float
+    confidence: float
+    result: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    # onnxq's additions.
+    job_id: str = Field(max_length=32, unique=True)
+    batch_size: int
+    prev_hash: str = Field(max_length=64)
+    row_hash: str = Field(max_length=64)
+
+
+class AuditChainHead(SQLModel, table=True):
+    """The single lock row of the audit chain: the last id and hash appended.
+
+    Every append updates this row first, which serialises appenders across processes and hosts
+    (a row lock on PostgreSQL, the write lock on SQLite).
+    """
+
+    __tablename__ = "audit_chain_head"
+
+    id: int = Field(default=1, primary_key=True)
+    last_id: int = 0
+    last_hash: str = Field(default="0" * 64, max_length=64)
+
+
+class PytorchABTest(SQLModel, table=True):
+    """An A/B test between two model versions (closed by the scheduler)."""
+
+    __tablename__ = "pytorch_ab_tests"
+
+    id: int | None = Field(default=None, primary_key=True)
+    test_name: str = Field(max_length=200, unique=True)
+    model_a_id: int = Field(foreign_key="pytorch_models.id")
+    model_b_id: int = Field(foreign_key="pytorch_models.id")
+    traffic_split_percent: int = 50
+    model_a_avg_latency_ms: float | None = None
+    model_b_avg_latency_ms: float | None = None
+    winner_model_id: int | None = Field(default=None, foreign_key="pytorch_models.id")
+    status: str = Field(default="running", max_length=20)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class PytorchModelMetrics(SQLModel, table=True):
+    """One row per model and day, computed by the scheduler."""
+
+    __tablename__ = "pytorch_model_metrics"
+    __table_args__ = (UniqueConstraint("model_id", "date", name="uq_metrics_model_date"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="pytorch_models.id")
+    date: date
+    total_requests: int = 0
+    avg_inference_time_ms: float | None = None
+    p95_inference_time_ms: float | None = None
+    accuracy: float | None = None

@@ -1,0 +1,1 @@
+"""The worker side: broker, actors, the micro-batcher, ONNX sessions and preprocessing."""

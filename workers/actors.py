@@ -1,0 +1,98 @@
+"""The Dramatiq actors. They take job ids, never objects, and are idempotent: at-least-once
+delivery means a message may arrive twice."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import dramatiq
+
+from onnxq import payloads
+from onnxq.errors import OnnxqError, PayloadMissing, PermanentError, RetriesExhausted
+from onnxq.settings import get_settings
+from schema.db import session_scope
+from schema.jobs import fail_job
+from schema.tables import TERMINAL_STATUSES, Job, utcnow
+from workers.broker import INFERENCE_QUEUE, MAINTENANCE_QUEUE, broker
+from workers.inference import Prepared
+from workers.preprocess import preprocess
+from workers.runtime import get_runtime
+
+log = logging.getLogger(__name__)
+_settings = get_settings()
+
+
+def _fail(job_id: str, error: OnnxqError) -> None:
+    with session_scope() as session:
+        fail_job(session, job_id, error)
+    payloads.delete(job_id)
+    log.info("job %s failed: %s", job_id, error.code)
+
+
+@dramatiq.actor(queue_name=MAINTENANCE_QUEUE, max_retries=10, broker=broker)
+def fail_exhausted_job(message: dict[str, Any], retry_info: dict[str, Any]) -> None:
+    """Called by Dramatiq when a job's retries run out: the job ends `failed`, not lost."""
+    job_id = str(message["args"][0])
+    traceback_tail = str(message.get("options", {}).get("traceback", "")).strip().splitlines()[-1:]
+    reason = traceback_tail[0][:300] if traceback_tail else "unknown error"
+    _fail(
+        job_id,
+        RetriesExhausted(f"The job failed {retry_info.get('retries', '?')} times on a transient error ({reason})."),
+    )
+
+
+@dramatiq.actor(
+    queue_name=INFERENCE_QUEUE,
+    max_retries=_settings.job_max_retries,
+    min_backoff=_settings.job_min_backoff_ms,
+    max_backoff=_settings.job_max_backoff_ms,
+    on_retry_exhausted=fail_exhausted_job.actor_name,
+    broker=broker,
+)
+def run_inference(job_id: str) -> None:
+    """Decode one job's image in this worker thread, then wait for its batch to be run and written.
+
+    Permanent errors end the job at once with their code; anything else (database or Redis down)
+    is raised so Dramatiq retries the message with backoff.
+    """
+    picked_at = utcnow()
+    payload = payloads.fetch(job_id)
+    if payload is None:
+        with session_scope() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                log.warning("message for unknown job %s dropped", job_id)
+                return
+            if job.status in TERMINAL_STATUSES:
+                return  # a redelivery of a job that already ended
+        _fail(job_id, PayloadMissing("The job's input expired or was purged before a worker ran it."))
+        return
+    try:
+        runner = get_runtime().runner(payload.model_id)
+        started = time.perf_counter()
+        tensor = preprocess(
+            payload.data,
+            runner.config.input,
+            max_bytes=_settings.max_image_bytes,
+            max_pixels=_settings.max_image_pixels,
+            min_side_px=_settings.min_image_side_px,
+        )
+        preprocessing_ms = (time.perf_counter() - started) * 1000
+    except PermanentError as error:
+        _fail(job_id, error)
+        return
+    item = Prepared(
+        job_id=job_id,
+        user_id=payload.user_id,
+        input_hash=payload.input_hash,
+        created_at=payload.created_at,
+        picked_at=picked_at,
+        tensor=tensor,
+        preprocessing_ms=preprocessing_ms,
+    )
+    outcome = runner.batcher.submit(item).result()
+    payloads.delete(job_id)
+    if outcome.error is not None:
+        log.info("job %s failed: %s", job_id, outcome.error.code)

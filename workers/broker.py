@@ -1,0 +1,48 @@
+"""The Dramatiq broker, built once on import from the settings; every actor module imports it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+from onnxq.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+INFERENCE_QUEUE = "inference"
+MAINTENANCE_QUEUE = "maintenance"
+
+
+class ModelsMiddleware(dramatiq.Middleware):
+    """Loads and warms the models before a worker process consumes; stops batchers at exit."""
+
+    def after_process_boot(self, broker: Any) -> None:
+        from workers.runtime import get_runtime
+
+        get_runtime().load_active()
+
+    def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        # Worker threads have finished their messages by now, so no batch is lost.
+        from workers.runtime import get_runtime
+
+        get_runtime().stop()
+
+
+def build_broker() -> RedisBroker:
+    """A Redis broker for `REDIS_URL` with onnxq's middleware and namespace."""
+    settings = get_settings()
+    broker = RedisBroker(  # type: ignore[no-untyped-call]
+        url=settings.redis_url,
+        namespace=f"{settings.redis_namespace}-dramatiq",
+        heartbeat_timeout=settings.redis_heartbeat_timeout_ms,
+        maintenance_chance=settings.redis_maintenance_chance,
+    )
+    broker.add_middleware(ModelsMiddleware())
+    return broker
+
+
+broker = build_broker()
+dramatiq.set_broker(broker)

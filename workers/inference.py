@@ -1,0 +1,130 @@
+"""One model's serving loop: preprocessed items in, one `session.run` per batch, one transaction
+per batch out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from onnxq.errors import InferenceFailed, OnnxqError
+from schema.db import session_scope
+from schema.jobs import Success, finish_batch, mark_running
+from schema.tables import PytorchModel
+from workers.batcher import MicroBatcher
+from workers.modelconfig import ModelConfig
+from workers.sessions import LoadedSession
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A job whose image is already a tensor, waiting for its batch."""
+
+    job_id: str
+    user_id: str | None
+    input_hash: str
+    created_at: datetime
+    picked_at: datetime
+    tensor: NDArray[np.float32]
+    preprocessing_ms: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one job of a batch (already written to the database)."""
+
+    job_id: str
+    error: OnnxqError | None = None
+    already_ended: bool = False
+
+
+class ModelRunner:
+    """Serves one model version on one device: its session, its batcher, its batch writes."""
+
+    def __init__(self, model: PytorchModel, config: ModelConfig, loaded: LoadedSession, audit_key: bytes) -> None:
+        self.model = model
+        self.config = config
+        self.loaded = loaded
+        self.audit_key = audit_key
+        self.batcher: MicroBatcher[Prepared, Outcome] = MicroBatcher(
+            self.handle_batch,
+            max_batch_size=loaded.max_batch_size,
+            max_wait_ms=config.batching.max_wait_ms,
+            name=f"batcher-{model.ref}",
+        )
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    def stop(self) -> None:
+        self.batcher.stop()
+
+    def infer(self, items: list[Prepared]) -> tuple[list[NDArray[np.float32] | OnnxqError], float]:
+        """Probabilities per item, and the run time in ms. A failed batch is retried item by item,
+        so one bad input fails only its own job."""
+        started = time.perf_counter()
+        try:
+            probs = self.loaded.run(np.stack([item.tensor for item in items]))
+            return list(probs), (time.perf_counter() - started) * 1000
+        except Exception as exc:
+            if len(items) == 1:
+                return [InferenceFailed(f"The model failed on this input ({type(exc).__name__}).")], (
+                    time.perf_counter() - started
+                ) * 1000
+            log.warning("batch of %d failed on %s; retrying item by item", len(items), self.model.ref)
+        outputs: list[NDArray[np.float32] | OnnxqError] = []
+        for item in items:
+            try:
+                outputs.append(self.loaded.run(item.tensor[None])[0])
+            except Exception as exc:
+                outputs.append(InferenceFailed(f"The model failed on this input ({type(exc).__name__})."))
+        return outputs, (time.perf_counter() - started) * 1000
+
+    def result_for(self, probs: NDArray[np.float32], item: Prepared, batch_size: int, run_ms: float) -> Success:
+        labels = self.config.labels
+        best = int(np.argmax(probs))
+        confidence = float(probs[best])
+        result: dict[str, Any] = {
+            "model": self.model.model_name,
+            "model_version": self.model.model_version,
+            "prediction": labels[best],
+            "confidence": confidence,
+            "probabilities": {label: float(p) for label, p in zip(labels, probs, strict=True)},
+            "batch_size": batch_size,
+            "timings_ms": {"preprocessing": round(item.preprocessing_ms, 3), "inference": round(run_ms, 3)},
+        }
+        return Success(
+            job_id=item.job_id,
+            user_id=item.user_id,
+            input_hash=item.input_hash,
+            result=result,
+            confidence=confidence,
+            inference_ms=round(run_ms, 3),
+            batch_size=batch_size,
+        )
+
+    def handle_batch(self, items: list[Prepared]) -> list[Outcome]:
+        """The batcher's handler: mark running, run, write every outcome in one transaction."""
+        with session_scope() as session:
+            mark_running(session, {item.job_id: item.picked_at for item in items})
+        outputs, run_ms = self.infer(items)
+        successes: list[Success] = []
+        failures: list[tuple[str, OnnxqError]] = []
+        for item, output in zip(items, outputs, strict=True):
+            if isinstance(output, OnnxqError):
+                failures.append((item.job_id, output))
+            else:
+                successes.append(self.result_for(output, item, len(items), run_ms))
+        with session_scope() as session:
+            ended = finish_batch(session, self.audit_key, self.model, successes, failures)
+        errors = dict(failures)
+        return [
+            Outcome(item.job_id, error=errors.get(item.job_id), already_ended=item.job_id in ended) for item in items
+        ]
