@@ -185,6 +185,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     if data_file.exists():
         data_file.unlink()
     onnx.checker.check_model(str(path))
+    opsets = {o.domain: o.version for o in proto.opset_import}
+    if opsets.get("", opsets.get("ai.onnx")) != OPSET:
+        raise SystemExit(f"{path}: exported with opset {opsets}, expected {OPSET}")
 
 
 def verify_onnx(model: nn.Module, path: Path, make_input: Callable[[int], torch.Tensor]) -> None:
@@ -274,7 +277,10 @@ class ResNet18(nn.Module):
             blocks += [BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)]
             c_in = c_out
         self.layers = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        # Fixed 7x7 average pool (224 input -> 7x7 maps) instead of AdaptiveAvgPool2d: it exports
+        # as AveragePool, which the exporter's opset-18 -> 17 down-conversion handles (ReduceMean
+        # with an axes input it does not).
+        self.pool = nn.AvgPool2d(7)
         self.fc = nn.Linear(512, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
