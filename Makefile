@@ -6,11 +6,12 @@ ORT ?= cpu
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(ORT)
 
-.PHONY: install install-gpu demo test lint bench clean
+.PHONY: install install-gpu demo test lint bench clean train-demo bench-model
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Editable installs list the top-level packages: a new package needs a reinstall too.
+$(STAMP): pyproject.toml $(wildcard */__init__.py)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@# Both wheels ship the same `onnxruntime` module and the last one installed wins:
@@ -39,3 +40,19 @@ bench: install
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+
+# Retraining the demo model and building the ResNet-18-class benchmark model need PyTorch, which
+# onnxq itself never imports: they get a venv of their own.
+TRAIN_VENV ?= .venv-train
+
+$(TRAIN_VENV)/.installed:
+	$(PYTHON) -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/pip install --quiet --upgrade pip
+	$(TRAIN_VENV)/bin/pip install --quiet torch==2.13.0 onnx onnxscript onnxruntime numpy pillow
+	touch $@
+
+train-demo: $(TRAIN_VENV)/.installed
+	$(TRAIN_VENV)/bin/python scripts/train_demo_model.py
+
+bench-model: $(TRAIN_VENV)/.installed
+	$(TRAIN_VENV)/bin/python scripts/train_demo_model.py --bench-resnet18

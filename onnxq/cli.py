@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from onnxq.bench import bench
 from onnxq.demo import demo, up
 from onnxq.logs import configure as configure_logging
 from producer.cli import status, submit
@@ -30,3 +31,4 @@ app.command("status")(status)
 app.command("worker")(worker)
 app.command("up")(up)
 app.command("demo")(demo)
+app.command("bench")(bench)

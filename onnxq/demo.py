@@ -16,7 +16,7 @@ from onnxq.settings import get_settings
 from onnxq.stack import running_stack
 
 DEMO_MODEL = "chest-xray-classifier-demo"
-out = Console()
+out = Console(width=None if Console().is_terminal else 110)
 err = Console(stderr=True)
 
 
@@ -58,7 +58,7 @@ def demo(
                 refused[path.name] = f"{exc.code}: {exc.message}"
         err.print(f"submitted {len(accepted)} jobs; waiting for the worker…")
         views = wait_for_jobs(accepted.values(), timeout_s=120)
-    table = Table("file", "job", "status", "prediction", "confidence", "batch", "total ms")
+    table = Table("file", "job", "status", "prediction", "conf.", "batch", "total ms")
     for name, job_id in accepted.items():
         view = views[job_id]
         result = view["result"] or {}

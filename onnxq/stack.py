@@ -103,9 +103,13 @@ def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (finish the batch in hand), then wait; SIGKILL only if it hangs."""
+    """SIGTERM (finish the batch in hand), then wait; SIGKILL only if it hangs.
+
+    The signal goes to the child alone: Dramatiq's main process forwards it to its worker
+    processes, and a second SIGTERM would make them exit without finishing.
+    """
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
         try:
             process.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:

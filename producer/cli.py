@@ -42,7 +42,7 @@ def _read(path: Path) -> bytes:
 
 
 def _human(view: dict[str, Any]) -> str:
-    parts = [view["job_id"], view["status"]]
+    parts = [view["job_id"] or "-", view["status"]]
     if view.get("result"):
         result = view["result"]
         parts.append(f"{result['prediction']} {result['confidence']:.2%} (batch {result['batch_size']})")
@@ -74,35 +74,34 @@ def submit(
 ) -> None:
     """Submit inference jobs: one line per file. Exit status 1 if any file was refused (or, with
     --wait, any job failed)."""
-    accepted: dict[str, str] = {}
-    refused = 0
+    # One line per file, in argument order: without --wait each is printed as it is submitted;
+    # with --wait all are printed once the accepted jobs have ended.
+    lines: list[tuple[str, dict[str, Any]]] = []
     show_bar = len(files) >= PROGRESS_MIN_FILES
     with _progress() as progress:
         task = progress.add_task("submitting", total=len(files), visible=show_bar)
-        for path in files:
+        for index, path in enumerate(files):
             name = str(path)
             try:
-                key = idempotency_key if idempotency_key is None or len(files) == 1 else f"{idempotency_key}:{name}"
+                key = idempotency_key if idempotency_key is None or len(files) == 1 else f"{idempotency_key}:{index}"
                 outcome = submit_inference(_read(path), model, user_id=user, idempotency_key=key)
-                accepted[name] = outcome.job_id
-                if not wait:
-                    _emit(name, {"job_id": outcome.job_id, "status": outcome.status}, as_json)
+                view: dict[str, Any] = {"job_id": outcome.job_id, "status": outcome.status}
             except (OnnxqError, OSError) as exc:
                 error = (
                     exc.as_dict() if isinstance(exc, OnnxqError) else {"code": "file_unreadable", "message": str(exc)}
                 )
-                refused += 1
-                _emit(name, {"job_id": None, "status": "refused", "error": error}, as_json)
+                view = {"job_id": None, "status": "refused", "error": error}
+            lines.append((name, view))
+            if not wait:
+                _emit(name, view, as_json)
             progress.advance(task)
-        if wait and accepted:
-            views = _wait_with_progress(progress, list(accepted.values()), timeout_s, show_bar)
-            failed = 0
-            for name, job_id in accepted.items():
-                failed += views[job_id]["status"] == "failed"
-                _emit(name, views[job_id], as_json)
-            if failed:
-                raise typer.Exit(1)
-    if refused:
+        if wait:
+            job_ids = [view["job_id"] for _, view in lines if view["job_id"]]
+            views = _wait_with_progress(progress, job_ids, timeout_s, show_bar) if job_ids else {}
+            lines = [(name, views.get(view["job_id"], view)) for name, view in lines]
+            for name, view in lines:
+                _emit(name, view, as_json)
+    if any(view["status"] in ("refused", "failed") for _, view in lines):
         raise typer.Exit(1)
 
 

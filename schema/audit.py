@@ -63,9 +63,7 @@ def lock_chain(session: Session) -> AuditChainHead:
     return head
 
 
-def append_rows(
-    session: Session, key: bytes, head: AuditChainHead, rows: Sequence[PytorchInferenceLog]
-) -> None:
+def append_rows(session: Session, key: bytes, head: AuditChainHead, rows: Sequence[PytorchInferenceLog]) -> None:
     """Chain and add `rows` after `head`, which the caller locked with `lock_chain`."""
     for row in rows:
         head.last_id += 1
@@ -128,4 +126,3 @@ def verify_chain(session: Session, key: bytes) -> VerifyReport:
     if head is not None and (head.last_id, head.last_hash) != (expected_id - 1, prev_hash):
         return VerifyReport(checked, ChainBreak(head.last_id, f"rows after {expected_id - 1} are missing (chain head)"))
     return VerifyReport(checked, None)
-

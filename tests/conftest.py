@@ -67,7 +67,15 @@ def _resolve_redis() -> str:
 # Redis must be in the environment before any test module imports it.
 os.environ["REDIS_URL"] = _resolve_redis()
 os.environ["ONNXQ_AUDIT_KEY"] = AUDIT_KEY
-os.environ["ONNXQ_MODEL_DIR"] = str(REPO / "onnx")
+def _committed_models() -> str:
+    """A model repository holding only the committed demo model: a locally built benchmark
+    model (onnx/resnet18-bench, not in git) would be loaded and warmed by every test worker."""
+    root = Path(tempfile.mkdtemp(prefix="onnxq-test-models-"))
+    (root / "chest-xray-classifier-demo").symlink_to(REPO / "onnx" / "chest-xray-classifier-demo")
+    return str(root)
+
+
+os.environ["ONNXQ_MODEL_DIR"] = _committed_models()
 os.environ["ONNXQ_REDIS_NAMESPACE"] = f"onnxq-test-{os.getpid()}"
 os.environ["ONNXQ_JOB_MIN_BACKOFF_MS"] = "100"
 os.environ["ONNXQ_JOB_MAX_BACKOFF_MS"] = "1000"

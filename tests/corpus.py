@@ -18,7 +18,7 @@ def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
 
 def xray_like(size: int = 256, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
+    _yy, xx = np.mgrid[0:size, 0:size]
     body = 120 + 60 * np.exp(-(((xx - size / 2) / (size / 3)) ** 2))
     noise = rng.normal(0, 12, (size, size))
     return Image.fromarray(np.clip(body + noise, 0, 255).astype(np.uint8))
@@ -26,6 +26,7 @@ def xray_like(size: int = 256, seed: int = 0) -> Image.Image:
 
 def png_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
     """A tiny PNG whose header declares a huge image (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 

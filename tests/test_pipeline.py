@@ -131,9 +131,7 @@ def test_redelivered_message_adds_no_second_audit_row(worker: object, samples: l
     with Session(get_engine()) as session:
         job = session.get(Job, outcome.job_id)
         assert job is not None and job.model_id is not None
-        payloads.put(
-            payloads.Payload(job.id, job.model_id, None, job.input_hash or "", job.created_at, data), 60
-        )
+        payloads.put(payloads.Payload(job.id, job.model_id, None, job.input_hash or "", job.created_at, data), 60)
     run_inference.send(outcome.job_id)
     from workers.broker import broker
 

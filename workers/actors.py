@@ -87,7 +87,6 @@ def run_inference(job_id: str) -> None:
         job_id=job_id,
         user_id=payload.user_id,
         input_hash=payload.input_hash,
-        created_at=payload.created_at,
         picked_at=picked_at,
         tensor=tensor,
         preprocessing_ms=preprocessing_ms,

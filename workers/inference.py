@@ -30,7 +30,6 @@ class Prepared:
     job_id: str
     user_id: str | None
     input_hash: str
-    created_at: datetime
     picked_at: datetime
     tensor: NDArray[np.float32]
     preprocessing_ms: float

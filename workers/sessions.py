@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +80,26 @@ class LoadedSession:
         return output if self.probabilities_out else softmax(output)
 
 
+def installed_runtimes() -> list[str]:
+    """Which onnxruntime distributions are installed (they share one module: one must win)."""
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(dist)
+            found.append(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
 def load_session(path: Path, config: ModelConfig, *, ref: str) -> LoadedSession:
     """Create, configure and warm a session for `path`; logs the provider actually chosen."""
+    runtimes = installed_runtimes()
+    if len(runtimes) > 1:
+        raise RuntimeError(
+            "both onnxruntime and onnxruntime-gpu are installed; they overwrite each other's module. "
+            "Reinstall with `make install` (CPU) or `make install-gpu` (GPU), which keep exactly one."
+        )
     import onnxruntime as ort
 
     options = ort.SessionOptions()

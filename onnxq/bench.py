@@ -1,0 +1,483 @@
+"""`onnxq bench`: the ceiling, the naive worker and the real pipeline, measured in one run.
+
+DESIGN.md ("Performance model"): the raw in-process pipeline (decode, preprocess, `session.run` at
+the best batch size; no queue, no database) is the ceiling; a naive worker (`workers.naive`: one
+`session.run` and one commit per message) is the floor; the real path (`submit_inference` → Redis
+→ `run_inference` worker → SQL) is measured between them. Everything runs against a throwaway data
+dir and database, and a Redis namespace of its own, so the user's data is never touched.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from numpy.typing import NDArray
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+DEFAULT_JOBS = 500
+SUBMITTER_THREADS = 4
+POLL_S = 0.01
+SWEEP_MIN_S = 0.4  # per batch size; long enough to average out a few scheduler hiccups
+SWEEP_MIN_RUNS = 1  # after one untimed run per shape; ResNet-class models take seconds per batch on a CPU
+RUN_TIMEOUT_S = 900.0
+WORKER_LOG_TAIL = 3000
+
+out = Console(width=None if Console().is_terminal else 110)
+err = Console(stderr=True)
+
+
+def _reset_caches() -> None:
+    """Forget the settings, engine and Redis client built from an older environment."""
+    from onnxq.payloads import get_redis
+    from onnxq.settings import get_settings
+    from schema.db import get_engine
+
+    get_settings.cache_clear()
+    get_engine().dispose()
+    get_engine.cache_clear()
+    get_redis.cache_clear()
+
+
+@contextmanager
+def bench_environment(database_url: str | None) -> Iterator[dict[str, str]]:
+    """Point this process (and the env its children get) at a throwaway data dir, database and
+    Redis namespace; start the embedded Redis when `REDIS_URL` is unset. Yields that env."""
+    from onnxq.settings import get_settings
+    from onnxq.stack import embedded_redis
+
+    if "workers.broker" in sys.modules:
+        # The broker is bound to REDIS_URL and the namespace when it is first imported.
+        raise RuntimeError("onnxq bench must run before workers.broker is imported in this process")
+    tmp = Path(tempfile.mkdtemp(prefix="onnxq-bench-"))
+    saved = dict(os.environ)
+    os.environ["ONNXQ_DATA_DIR"] = str(tmp / "data")
+    os.environ["DATABASE_URL"] = database_url or f"sqlite:///{tmp / 'data' / 'onnxq.db'}"
+    os.environ.setdefault("ONNXQ_AUDIT_KEY", secrets.token_hex(32))
+    namespace = f"onnxq-bench-{secrets.token_hex(4)}"
+    os.environ["ONNXQ_REDIS_NAMESPACE"] = namespace
+    _reset_caches()
+    try:
+        with ExitStack() as stack:
+            settings = get_settings()
+            if not settings.redis_url_env:
+                os.environ["REDIS_URL"] = stack.enter_context(embedded_redis(settings))
+                _reset_caches()
+            try:
+                yield dict(os.environ)
+            finally:
+                _drop_namespace(namespace)
+                _reset_caches()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _drop_namespace(namespace: str) -> None:
+    """Delete the payloads and queues this bench left in a shared Redis."""
+    from onnxq.payloads import get_redis
+
+    client = get_redis()
+    keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])
+
+
+def _prepare_model(ref: str) -> Any:
+    """Migrate, sync the model repository, and make `ref` the only active model (so the workers
+    load and warm nothing else). Returns its registry row."""
+    from sqlalchemy import update
+    from sqlmodel import col
+
+    from onnxq.stack import prepare_database
+    from schema.db import session_scope
+    from schema.registry import resolve_model
+    from schema.tables import DeploymentStatus, PytorchModel
+
+    prepare_database()
+    with session_scope() as session:
+        model = resolve_model(session, ref)
+        session.execute(
+            update(PytorchModel)
+            .where(col(PytorchModel.id) != model.id)
+            .values(deployment_status=DeploymentStatus.INACTIVE.value)
+        )
+    return model
+
+
+# --- 1. the ceiling ---------------------------------------------------------------------------
+
+
+def _sweep(loaded: Any, tensors: list[NDArray[np.float32]]) -> dict[int, float]:
+    """Images/s of `session.run` alone at each power-of-two batch size up to the model's max."""
+    from workers.sessions import bucket_sizes
+
+    rates: dict[int, float] = {}
+    for size in bucket_sizes(loaded.max_batch_size):
+        batch = np.stack([tensors[i % len(tensors)] for i in range(size)])
+        loaded.run(batch)  # the first run of a shape is slow (allocations): not timed
+        runs, started = 0, time.perf_counter()
+        while runs < SWEEP_MIN_RUNS or time.perf_counter() - started < SWEEP_MIN_S:
+            loaded.run(batch)
+            runs += 1
+        rates[size] = size * runs / (time.perf_counter() - started)
+    return rates
+
+
+def _end_to_end(loaded: Any, prep: Callable[[bytes], NDArray[np.float32]], images: list[bytes], n: int, batch: int,
+                pool: ThreadPoolExecutor | None, advance: Callable[[int], None]) -> float:  # fmt: skip
+    """Images/s for decode + preprocess + `session.run` of `n` images in batches of `batch`.
+
+    With a pool, preprocessing runs in its threads a few batches ahead of `session.run` (as the
+    worker threads run ahead of the batcher); without, it runs inline.
+    """
+    started = time.perf_counter()
+    if pool is None:
+        for first in range(0, n, batch):
+            loaded.run(np.stack([prep(images[i % len(images)]) for i in range(first, min(first + batch, n))]))
+            advance(min(batch, n - first))
+        return n / (time.perf_counter() - started)
+    ahead: list[Future[NDArray[np.float32]]] = []
+    submitted = 0
+    for first in range(0, n, batch):
+        # Bounded read-ahead: enough to keep the pool busy, not all n tensors in memory.
+        while submitted < min(n, first + 3 * batch):
+            ahead.append(pool.submit(prep, images[submitted % len(images)]))
+            submitted += 1
+        take, ahead = ahead[: min(batch, n - first)], ahead[min(batch, n - first) :]
+        loaded.run(np.stack([future.result() for future in take]))
+        advance(len(take))
+    return n / (time.perf_counter() - started)
+
+
+def measure_ceiling(model: Any, images: list[bytes], n: int, progress: Progress) -> dict[str, Any]:
+    """The raw in-process pipeline: best batch size first, then `n` images serial and pooled."""
+    from onnxq.settings import get_settings
+    from workers.modelconfig import ModelConfig
+    from workers.preprocess import preprocess
+    from workers.repository import check_file
+    from workers.sessions import load_session
+
+    settings = get_settings()
+    config = ModelConfig.model_validate(model.config)
+    loaded = load_session(check_file(model, settings.model_dir), config, ref=model.ref)
+
+    def prep(data: bytes) -> NDArray[np.float32]:
+        return preprocess(
+            data,
+            config.input,
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            min_side_px=settings.min_image_side_px,
+        )
+
+    task = progress.add_task("ceiling: batch sizes", total=None)
+    sweep = _sweep(loaded, [prep(data) for data in images])
+    best = max(sweep, key=lambda size: sweep[size])
+    modes: dict[str, float] = {}
+    progress.update(task, description=f"ceiling: serial, batch {best}", total=n, completed=0)
+    modes["serial"] = _end_to_end(loaded, prep, images, n, best, None, lambda k: progress.advance(task, k))
+    progress.update(task, description=f"ceiling: thread pool, batch {best}", completed=0)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="bench-prep") as pool:
+        modes["thread_pool"] = _end_to_end(loaded, prep, images, n, best, pool, lambda k: progress.advance(task, k))
+    progress.remove_task(task)
+    mode = max(modes, key=lambda name: modes[name])
+    return {
+        "jobs_per_s": modes[mode],
+        "mean_batch_size": float(best),
+        "mode": mode,
+        "modes_jobs_per_s": modes,
+        "session_run_images_per_s": {str(size): rate for size, rate in sweep.items()},
+        "provider": loaded.provider,
+    }
+
+
+# --- 2 and 3: the workers ---------------------------------------------------------------------
+
+
+@contextmanager
+def worker_process(args: list[str], env: dict[str, str], log_path: Path) -> Iterator[None]:
+    """A worker subprocess (own GIL, own process group), ready once its heartbeat shows; its log
+    goes to `log_path` and its tail is shown if it fails to come up."""
+    from onnxq.settings import get_settings
+    from onnxq.stack import stop, wait_for_workers
+
+    settings = get_settings()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        try:
+            wait_for_workers(settings.redis_url, settings.redis_namespace)
+        except RuntimeError:
+            err.print(log_path.read_text(errors="replace")[-WORKER_LOG_TAIL:])
+            raise
+        yield
+    finally:
+        stop(process)
+
+
+def drive(
+    submit: Callable[[bytes], str], images: list[bytes], n: int, in_flight: int, advance: Callable[[int], None]
+) -> tuple[list[str], float]:
+    """Submit `n` jobs from a few threads, never more than `in_flight` unfinished; once all have
+    ended, return their ids and the mean number of unfinished jobs seen at each poll (near
+    `in_flight`: the worker is the bottleneck; well below it: the producer is). A job has ended
+    when its payload is gone (both actors delete it last)."""
+    from onnxq import payloads
+
+    ids: list[str] = []
+    pending: set[str] = set()
+    lock = threading.Lock()
+    slots = threading.Semaphore(in_flight)
+    counter = itertools.count()
+    errors: list[BaseException] = []
+
+    def submitter() -> None:
+        while not errors and (index := next(counter)) < n:
+            slots.acquire()
+            try:
+                job_id = submit(images[index % len(images)])
+            except BaseException as exc:
+                errors.append(exc)
+                return
+            with lock:
+                ids.append(job_id)
+                pending.add(job_id)
+
+    threads = [threading.Thread(target=submitter, daemon=True) for _ in range(SUBMITTER_THREADS)]
+    for thread in threads:
+        thread.start()
+    client, done, deadline = payloads.get_redis(), 0, time.monotonic() + RUN_TIMEOUT_S
+    occupancy: list[int] = []
+    while done < n and not errors:
+        with lock:
+            snapshot = list(pending)
+        occupancy.append(len(snapshot))
+        if snapshot:
+            with client.pipeline(transaction=False) as pipe:
+                for job_id in snapshot:
+                    pipe.exists(payloads.payload_key(job_id))
+                alive = pipe.execute()
+            finished = [job_id for job_id, exists in zip(snapshot, alive, strict=True) if not exists]
+            with lock:
+                pending.difference_update(finished)
+            for _ in finished:
+                slots.release()
+            done += len(finished)
+            advance(len(finished))
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {done} of {n} jobs ended within {RUN_TIMEOUT_S:.0f} s")
+        time.sleep(POLL_S)
+    for thread in threads:
+        thread.join(5)
+    if errors:
+        raise errors[0]
+    return ids, float(np.mean(occupancy)) if occupancy else 0.0
+
+
+def job_stats(job_ids: list[str]) -> dict[str, Any]:
+    """Throughput (first created → last finished), latency percentiles (created → finished) and
+    the mean batch size of the audit rows, from the database."""
+    from sqlmodel import Session, col, select
+
+    from schema.db import get_engine
+    from schema.tables import Job, JobStatus, PytorchInferenceLog
+
+    created: list[datetime] = []
+    finished: list[datetime] = []
+    latencies: list[float] = []
+    sizes: list[int] = []
+    failed = 0
+    with Session(get_engine()) as session:
+        for start in range(0, len(job_ids), 500):
+            chunk = job_ids[start : start + 500]
+            for job in session.exec(select(Job).where(col(Job.id).in_(chunk))):
+                if job.status != JobStatus.SUCCEEDED.value or job.finished_at is None:
+                    failed += 1
+                    continue
+                created.append(job.created_at)
+                finished.append(job.finished_at)
+                latencies.append((job.finished_at - job.created_at).total_seconds() * 1000)
+            sizes += session.exec(
+                select(PytorchInferenceLog.batch_size).where(col(PytorchInferenceLog.job_id).in_(chunk))
+            ).all()
+    if not latencies:
+        raise RuntimeError(f"none of the {len(job_ids)} jobs succeeded")
+    p50, p95, p99 = (float(v) for v in np.percentile(latencies, [50, 95, 99]))
+    span = (max(finished) - min(created)).total_seconds()
+    return {
+        "jobs_per_s": len(latencies) / span,
+        "p50_ms": p50,
+        "p95_ms": p95,
+        "p99_ms": p99,
+        "mean_batch_size": float(np.mean(sizes)),
+        "succeeded": len(latencies),
+        "failed": failed,
+    }
+
+
+def measure_workers(
+    name: str, args: list[str], submit: Callable[[bytes], str], images: list[bytes], n: int, warmup: int,
+    in_flight: int, env: dict[str, str], log_path: Path, progress: Progress,
+) -> dict[str, Any]:  # fmt: skip
+    """Start a worker, warm it with `warmup` jobs (not counted), then measure `n` jobs."""
+    task: TaskID = progress.add_task(f"{name}: starting the worker", total=None)
+    with worker_process(args, env, log_path):
+        progress.update(task, description=f"{name}: warm-up", total=warmup, completed=0)
+        drive(submit, images, warmup, in_flight, lambda k: progress.advance(task, k))
+        progress.update(task, description=f"{name}: {n} jobs", total=n, completed=0)
+        ids, occupancy = drive(submit, images, n, in_flight, lambda k: progress.advance(task, k))
+        progress.update(task, description=f"{name}: stopping the worker", total=None)
+    progress.remove_task(task)
+    return {**job_stats(ids), "mean_in_flight": occupancy}
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def bench(
+    model: str = typer.Option(..., "--model", help="NAME or NAME@VERSION under ONNXQ_MODEL_DIR."),
+    jobs: int = typer.Option(DEFAULT_JOBS, "--jobs", min=1, help="Images per measurement."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="Worker threads for both workers; default: what `onnxq worker` would use."
+    ),
+    database_url: str | None = typer.Option(
+        None, "--database-url", help="An empty, throwaway database to use instead of a temporary SQLite file."
+    ),
+) -> None:
+    """Measure the ceiling, a naive worker and the onnxq pipeline on this machine, in one run."""
+    import onnxruntime as ort
+
+    samples = sorted(p for p in Path("samples").iterdir() if p.is_file() and not p.name.startswith("."))
+    if not samples:
+        err.print("[red]no images in samples/[/red]")
+        raise typer.Exit(1)
+    images = [path.read_bytes() for path in samples]
+    with bench_environment(database_url) as env:
+        from onnxq.settings import get_settings
+        from producer.client import submit_inference
+        from workers.cli import default_threads
+        from workers.naive import NAIVE_QUEUE, submit_naive
+
+        row = _prepare_model(model)
+        threads = threads or default_threads()
+        max_batch = int(row.config.get("batching", {}).get("max_batch_size", 1))
+        in_flight, warmup = 2 * max_batch, max_batch
+        data_dir = get_settings().data_dir
+        naive_args = [sys.executable, "-m", "dramatiq", "workers.naive", "--processes", "1"]
+        naive_args += ["--threads", str(threads), "--queues", NAIVE_QUEUE]
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err, transient=True) as progress:
+            ceiling = measure_ceiling(row, images, jobs, progress)
+            naive = measure_workers(
+                "naive",
+                naive_args,
+                lambda data: submit_naive(data, model, user_id="bench"),
+                images,
+                jobs,
+                warmup,
+                in_flight,
+                env,
+                data_dir / "naive-worker.log",
+                progress,
+            )
+            pipeline = measure_workers(
+                "pipeline",
+                [sys.executable, "-m", "onnxq", "worker", "--processes", "1", "--threads", str(threads)],
+                lambda data: submit_inference(data, model, user_id="bench").job_id,
+                images,
+                jobs,
+                warmup,
+                in_flight,
+                env,
+                data_dir / "pipeline-worker.log",
+                progress,
+            )
+        database = get_settings().database_url.split(":", 1)[0]
+        redis_kind = get_settings().redis_url.split(":", 1)[0]
+    report: dict[str, Any] = {
+        "model": row.ref,
+        "jobs": jobs,
+        "best_batch_size": int(ceiling["mean_batch_size"]),
+        "worker_threads": threads,
+        "in_flight": in_flight,
+        "ceiling": ceiling,
+        "naive": naive,
+        "pipeline": pipeline,
+        "ratios": {
+            "pipeline_vs_ceiling": pipeline["jobs_per_s"] / ceiling["jobs_per_s"],
+            "pipeline_vs_naive": pipeline["jobs_per_s"] / naive["jobs_per_s"],
+        },
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "onnxruntime_provider": ceiling["provider"],
+            "onnxruntime_version": ort.__version__,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "database": database,
+            "redis": redis_kind,
+        },
+    }
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        print_report(report)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The human-readable table of a bench report."""
+    machine = report["machine"]
+    table = Table(
+        "stage",
+        "jobs/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "mean batch",
+        "in flight",
+        title=f"{report['model']}: {report['jobs']} jobs, {machine['cpu_count']} CPUs, "
+        f"{machine['onnxruntime_provider']}, {report['worker_threads']} worker threads, {machine['database']}",
+    )
+    ceiling = report["ceiling"]
+    table.add_row(
+        f"ceiling ({ceiling['mode']})", f"{ceiling['jobs_per_s']:.1f}", "", "", "", f"{report['best_batch_size']}", ""
+    )
+    for name in ("naive", "pipeline"):
+        stage = report[name]
+        failed = f" ({stage['failed']} failed)" if stage["failed"] else ""
+        table.add_row(
+            name + failed,
+            f"{stage['jobs_per_s']:.1f}",
+            f"{stage['p50_ms']:.0f}",
+            f"{stage['p95_ms']:.0f}",
+            f"{stage['p99_ms']:.0f}",
+            f"{stage['mean_batch_size']:.1f}",
+            f"{stage['mean_in_flight']:.1f} / {report['in_flight']}",
+        )
+    out.print(table)
+    ratios = report["ratios"]
+    out.print(
+        f"pipeline / ceiling: {ratios['pipeline_vs_ceiling']:.2f}",
+        f"pipeline / naive: {ratios['pipeline_vs_naive']:.2f}",
+    )
