@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -24,9 +24,37 @@ from schema.audit import input_hash
 from schema.db import get_engine, session_scope
 from schema.jobs import fail_job, find_by_scope, idempotency_scope, job_view, new_job_id
 from schema.registry import resolve_model
-from schema.tables import TERMINAL_STATUSES, Job, utcnow
+from schema.tables import TERMINAL_STATUSES, Job, PytorchModel, utcnow
 
 WAIT_POLL_S = 0.05
+# Registry lookups are cached this long per process: a model switched off stops taking jobs
+# within this time, and a busy producer saves a query per job.
+MODEL_CACHE_TTL_S = 5.0
+_model_cache: dict[str, tuple[float, PytorchModel]] = {}
+
+
+class Sender(Protocol):
+    """A Dramatiq actor, as far as the producer uses one."""
+
+    def send(self, *args: Any) -> Any: ...
+
+
+def cached_model(ref: str) -> PytorchModel:
+    """`resolve_model` for `ref`, cached for `MODEL_CACHE_TTL_S` seconds."""
+    now = time.monotonic()
+    hit = _model_cache.get(ref)
+    if hit is not None and now - hit[0] < MODEL_CACHE_TTL_S:
+        return hit[1]
+    with Session(get_engine(), expire_on_commit=False) as session:
+        model = resolve_model(session, ref)
+        session.expunge(model)
+    _model_cache[ref] = (now, model)
+    return model
+
+
+def clear_model_cache() -> None:
+    """Forget cached registry lookups (tests switch databases under one process)."""
+    _model_cache.clear()
 
 
 @dataclass(frozen=True)
@@ -45,14 +73,19 @@ def submit_inference(
     *,
     user_id: str | None = None,
     idempotency_key: str | None = None,
+    actor: Sender | None = None,
 ) -> SubmitOutcome:
     """Validate an image cheaply, record the job, store its payload and enqueue it.
 
     Raises a `PermanentError` (with a stable code) for bad input or an unknown/inactive model,
-    before anything is enqueued; `RetryableError` when Redis or the database is down.
+    before anything is enqueued; `RetryableError` when Redis or the database is down. `actor` is
+    the Dramatiq actor that runs the job (the micro-batched `run_inference` unless a benchmark
+    says otherwise).
     """
-    from workers.actors import run_inference  # imports the broker; kept out of module import
+    if actor is None:
+        from workers.actors import run_inference  # imports the broker; kept out of module import
 
+        actor = run_inference
     settings = get_settings()
     inspect_image(
         data,
@@ -62,9 +95,11 @@ def submit_inference(
     )
     scope = idempotency_scope(user_id, idempotency_key) if idempotency_key else None
     try:
-        with Session(get_engine()) as session:
-            registered = resolve_model(session, model)
-            if scope is not None and (existing := find_by_scope(session, scope)) is not None:
+        registered = cached_model(model)
+        if scope is not None:
+            with Session(get_engine()) as session:
+                existing = find_by_scope(session, scope)
+            if existing is not None:
                 return SubmitOutcome(existing.id, existing.status, registered.ref, reused=True)
         assert registered.id is not None
         job = Job(
@@ -93,7 +128,7 @@ def submit_inference(
                 raise
             return SubmitOutcome(existing.id, existing.status, registered.ref, reused=True)
         try:
-            run_inference.send(job.id)
+            actor.send(job.id)
         except redis.RedisError as exc:
             with session_scope() as session:
                 fail_job(session, job.id, RetryableError("The queue was unavailable; submit again."))

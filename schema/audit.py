@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlmodel import Session, col, select
 
 from schema.tables import AuditChainHead, PytorchInferenceLog
@@ -28,21 +29,26 @@ def input_hash(key: bytes, data: bytes) -> str:
     return hmac.new(key, data, hashlib.sha256).hexdigest()
 
 
-def row_digest(key: bytes, row: PytorchInferenceLog) -> str:
-    """The hash that chains `row` to its predecessor: HMAC over its content and `prev_hash`."""
-    content = {
-        "id": row.id,
-        "job_id": row.job_id,
-        "model_id": row.model_id,
-        "user_id": row.user_id,
-        "input_hash": row.input_hash,
-        "inference_time_ms": row.inference_time_ms,
-        "confidence": row.confidence,
-        "batch_size": row.batch_size,
-        "result": row.result,
-        "created_at": row.created_at.isoformat(),
-        "prev_hash": row.prev_hash,
-    }
+# The columns a row hash covers: all of them but `row_hash` itself.
+HASHED_COLUMNS = (
+    "id",
+    "job_id",
+    "model_id",
+    "user_id",
+    "input_hash",
+    "inference_time_ms",
+    "confidence",
+    "batch_size",
+    "result",
+    "created_at",
+    "prev_hash",
+)
+
+
+def row_digest(key: bytes, row: Mapping[str, Any]) -> str:
+    """The hash that chains a row to its predecessor: HMAC over its content and `prev_hash`."""
+    content = {name: row[name] for name in HASHED_COLUMNS}
+    content["created_at"] = row["created_at"].isoformat()
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
 
@@ -63,15 +69,18 @@ def lock_chain(session: Session) -> AuditChainHead:
     return head
 
 
-def append_rows(session: Session, key: bytes, head: AuditChainHead, rows: Sequence[PytorchInferenceLog]) -> None:
-    """Chain and add `rows` after `head`, which the caller locked with `lock_chain`."""
+def append_rows(session: Session, key: bytes, head: AuditChainHead, rows: Sequence[dict[str, Any]]) -> None:
+    """Chain `rows` (column → value, without id and hashes) after `head`, which the caller locked
+    with `lock_chain`, and insert them in one executemany."""
+    if not rows:
+        return
     for row in rows:
         head.last_id += 1
-        row.id = head.last_id
-        row.prev_hash = head.last_hash
-        row.row_hash = row_digest(key, row)
-        head.last_hash = row.row_hash
-        session.add(row)
+        row["id"] = head.last_id
+        row["prev_hash"] = head.last_hash
+        row["row_hash"] = row_digest(key, row)
+        head.last_hash = row["row_hash"]
+    session.execute(insert(PytorchInferenceLog), list(rows))
     session.add(head)
 
 
@@ -119,7 +128,7 @@ def verify_chain(session: Session, key: bytes) -> VerifyReport:
             return VerifyReport(checked, ChainBreak(row.id, f"row {expected_id} is missing"))
         if row.prev_hash != prev_hash:
             return VerifyReport(checked, ChainBreak(row.id, "prev_hash does not match the row before"))
-        if not hmac.compare_digest(row_digest(key, row), row.row_hash):
+        if not hmac.compare_digest(row_digest(key, row.model_dump()), row.row_hash):
             return VerifyReport(checked, ChainBreak(row.id, "row content does not match its row_hash"))
         prev_hash, expected_id, checked = row.row_hash, expected_id + 1, checked + 1
     head = session.get(AuditChainHead, 1)

@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 
 from onnxq.errors import OnnxqError
 from schema.audit import append_rows, lock_chain
-from schema.tables import TERMINAL_STATUSES, Job, JobStatus, PytorchInferenceLog, PytorchModel, utcnow
+from schema.tables import TERMINAL_STATUSES, AuditChainHead, Job, JobStatus, utcnow
 
 ERROR_MESSAGE_MAX = 1000
 
@@ -76,56 +76,63 @@ class Success:
     batch_size: int
 
 
-def finish_batch(
-    session: Session,
-    audit_key: bytes,
-    model: PytorchModel,
-    successes: Sequence[Success],
-    failures: Sequence[tuple[str, OnnxqError]],
-) -> set[str]:
-    """Write a whole batch's outcomes and audit rows in the caller's transaction.
+@dataclass(frozen=True)
+class BatchOutcome:
+    """Everything one batch of one model produced: results and per-item failures."""
 
-    Jobs that already ended (a redelivered message) are left alone and get no second audit row;
-    their ids are returned.
+    model_id: int
+    successes: Sequence[Success]
+    failures: Sequence[tuple[str, OnnxqError]] = ()
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [s.job_id for s in self.successes] + [job_id for job_id, _ in self.failures]
+
+
+AUDITED_RESULT_KEYS = ("prediction", "confidence", "probabilities")
+
+
+def finish_batches(
+    session: Session, audit_key: bytes, batches: Sequence[BatchOutcome], head: AuditChainHead | None = None
+) -> set[str]:
+    """Write the outcomes and audit rows of whole batches in the caller's transaction.
+
+    Pass `head` if the caller already took the chain lock; otherwise it is taken here, and then
+    this must be the transaction's first statement (on SQLite the lock is the write lock, which
+    must be taken before anything is read). Jobs that already ended (a redelivered message) are
+    left alone and get no second audit row; their ids are returned.
     """
-    assert model.id is not None
-    # The chain lock is taken first: on SQLite it is the write lock, before anything is read.
-    head = lock_chain(session)
-    ids = [s.job_id for s in successes] + [job_id for job_id, _ in failures]
+    head = head or lock_chain(session)
+    ids = [job_id for batch in batches for job_id in batch.job_ids]
     ended = set(session.exec(select(Job.id).where(col(Job.id).in_(ids)).where(col(Job.status).in_(TERMINAL_STATUSES))))
     now = utcnow()
-    fresh = [s for s in successes if s.job_id not in ended]
+    fresh = [(batch.model_id, s) for batch in batches for s in batch.successes if s.job_id not in ended]
     if fresh:
         session.connection().execute(
             update(Job)
             .where(col(Job.id) == bindparam("b_id"))
             .values(status=JobStatus.SUCCEEDED.value, finished_at=now, result=bindparam("b_result")),
-            [{"b_id": s.job_id, "b_result": s.result} for s in fresh],
+            [{"b_id": s.job_id, "b_result": s.result} for _, s in fresh],
         )
-        append_rows(
-            session,
-            audit_key,
-            head,
-            [
-                PytorchInferenceLog(
-                    model_id=model.id,
-                    user_id=s.user_id,
-                    input_hash=s.input_hash,
-                    inference_time_ms=s.inference_ms,
-                    confidence=s.confidence,
-                    result={k: s.result[k] for k in ("prediction", "confidence", "probabilities")},
-                    created_at=now,
-                    job_id=s.job_id,
-                    batch_size=s.batch_size,
-                    prev_hash="",
-                    row_hash="",
-                )
-                for s in fresh
-            ],
-        )
-    for job_id, error in failures:
-        if job_id not in ended:
-            fail_job(session, job_id, error)
+        rows = [
+            {
+                "model_id": model_id,
+                "user_id": s.user_id,
+                "input_hash": s.input_hash,
+                "inference_time_ms": s.inference_ms,
+                "confidence": s.confidence,
+                "result": {k: s.result[k] for k in AUDITED_RESULT_KEYS},
+                "created_at": now,
+                "job_id": s.job_id,
+                "batch_size": s.batch_size,
+            }
+            for model_id, s in fresh
+        ]
+        append_rows(session, audit_key, head, rows)
+    for batch in batches:
+        for job_id, error in batch.failures:
+            if job_id not in ended:
+                fail_job(session, job_id, error)
     return ended
 
 

@@ -67,6 +67,8 @@ def _resolve_redis() -> str:
 # Redis must be in the environment before any test module imports it.
 os.environ["REDIS_URL"] = _resolve_redis()
 os.environ["ONNXQ_AUDIT_KEY"] = AUDIT_KEY
+
+
 def _committed_models() -> str:
     """A model repository holding only the committed demo model: a locally built benchmark
     model (onnx/resnet18-bench, not in git) would be loaded and warmed by every test worker."""
@@ -86,8 +88,10 @@ os.environ.pop("DATABASE_URL", None)
 def _reset_caches() -> None:
     from onnxq.payloads import get_redis
     from onnxq.settings import get_settings
+    from producer.client import clear_model_cache
     from schema.db import get_engine
 
+    clear_model_cache()
     get_settings.cache_clear()
     get_engine().dispose()
     get_engine.cache_clear()

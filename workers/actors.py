@@ -92,6 +92,6 @@ def run_inference(job_id: str) -> None:
         preprocessing_ms=preprocessing_ms,
     )
     outcome = runner.batcher.submit(item).result()
-    payloads.delete(job_id)
+    outcome.written.result()  # acknowledge the message only once its result is committed
     if outcome.error is not None:
         log.info("job %s failed: %s", job_id, outcome.error.code)

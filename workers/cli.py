@@ -20,6 +20,10 @@ out = Console()
 err = Console(stderr=True)
 
 MIN_WORKER_THREADS = 8
+# Threads per batch slot: while one batch runs and another commits, a third must be decoding
+# and gathering, or batches close half full (measured: 16 threads at max batch 16 averaged 8.5
+# items per batch; 64 threads, 15.8).
+BATCHES_IN_FLIGHT = 4
 
 
 @models_app.command("sync")
@@ -68,19 +72,19 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="One JSON obj
 
 
 def default_threads() -> int:
-    """Enough worker threads for the largest batch of any active model to form."""
+    """Enough worker threads for full batches of the largest model to form back to back."""
     configured = get_settings().worker_threads
     if configured:
         return configured
     with Session(get_engine()) as session:
         sizes = [int(m.config.get("batching", {}).get("max_batch_size", 1)) for m in active_models(session)]
-    return max([MIN_WORKER_THREADS, *sizes])
+    return max([MIN_WORKER_THREADS, *(BATCHES_IN_FLIGHT * size for size in sizes)])
 
 
 def worker(
     processes: int | None = typer.Option(None, "--processes", "-p", help="Worker processes (one per GPU)."),
     threads: int | None = typer.Option(
-        None, "--threads", "-t", help="Threads per process; default: the largest model max_batch_size, ≥ 8."
+        None, "--threads", "-t", help="Threads per process; default: 4x the largest model max_batch_size, ≥ 8."
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:

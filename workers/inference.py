@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,12 +14,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from onnxq.errors import InferenceFailed, OnnxqError
-from schema.db import session_scope
-from schema.jobs import Success, finish_batch, mark_running
+from schema.jobs import BatchOutcome, Success
 from schema.tables import PytorchModel
 from workers.batcher import MicroBatcher
 from workers.modelconfig import ModelConfig
 from workers.sessions import LoadedSession
+from workers.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +38,25 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one job of a batch (already written to the database)."""
+    """What happened to one job of a batch; `written` resolves once it is committed."""
 
     job_id: str
+    written: Future[set[str]]
     error: OnnxqError | None = None
-    already_ended: bool = False
 
 
 class ModelRunner:
     """Serves one model version on one device: its session, its batcher, its batch writes."""
 
-    def __init__(self, model: PytorchModel, config: ModelConfig, loaded: LoadedSession, audit_key: bytes) -> None:
+    def __init__(self, model: PytorchModel, config: ModelConfig, loaded: LoadedSession, writer: BatchWriter) -> None:
+        assert model.id is not None
         self.model = model
+        self.model_id = model.id
         self.config = config
         self.loaded = loaded
-        self.audit_key = audit_key
+        self.writer = writer
         self.batcher: MicroBatcher[Prepared, Outcome] = MicroBatcher(
-            self.handle_batch,
+            self.run_batch,
             max_batch_size=loaded.max_batch_size,
             max_wait_ms=config.batching.max_wait_ms,
             name=f"batcher-{model.ref}",
@@ -109,10 +112,12 @@ class ModelRunner:
             batch_size=batch_size,
         )
 
-    def handle_batch(self, items: list[Prepared]) -> list[Outcome]:
-        """The batcher's handler: mark running, run, write every outcome in one transaction."""
-        with session_scope() as session:
-            mark_running(session, {item.job_id: item.picked_at for item in items})
+    def run_batch(self, items: list[Prepared]) -> list[Outcome]:
+        """The batcher's handler: mark running, run, hand every outcome to the writer.
+
+        It does not wait for the commit: the next batch runs while this one is written.
+        """
+        self.writer.mark_running({item.job_id: item.picked_at for item in items})
         outputs, run_ms = self.infer(items)
         successes: list[Success] = []
         failures: list[tuple[str, OnnxqError]] = []
@@ -121,9 +126,6 @@ class ModelRunner:
                 failures.append((item.job_id, output))
             else:
                 successes.append(self.result_for(output, item, len(items), run_ms))
-        with session_scope() as session:
-            ended = finish_batch(session, self.audit_key, self.model, successes, failures)
+        written = self.writer.finish(BatchOutcome(self.model_id, successes, failures))
         errors = dict(failures)
-        return [
-            Outcome(item.job_id, error=errors.get(item.job_id), already_ended=item.job_id in ended) for item in items
-        ]
+        return [Outcome(item.job_id, written, errors.get(item.job_id)) for item in items]

@@ -18,13 +18,11 @@ import dramatiq
 
 from onnxq import payloads
 from onnxq.errors import PermanentError
-from onnxq.images import inspect_image
 from onnxq.settings import get_settings
-from schema.audit import input_hash
+from producer.client import submit_inference
 from schema.db import session_scope
-from schema.jobs import fail_job, finish_batch, new_job_id
-from schema.registry import resolve_model
-from schema.tables import Job, utcnow
+from schema.jobs import BatchOutcome, fail_job, finish_batches
+from schema.tables import utcnow
 from workers.broker import broker
 from workers.inference import Prepared
 from workers.preprocess import preprocess
@@ -75,36 +73,10 @@ def naive_inference(job_id: str) -> None:
     run_ms = (time.perf_counter() - started) * 1000
     success = runner.result_for(probs, item, 1, run_ms)
     with session_scope() as session:
-        finish_batch(session, runner.audit_key, runner.model, [success], [])
+        finish_batches(session, settings.audit_key_bytes(), [BatchOutcome(runner.model_id, [success])])
     payloads.delete(job_id)
 
 
 def submit_naive(data: bytes, model: str, *, user_id: str | None = None) -> str:
-    """Record a job and enqueue it for `naive_inference`; the same steps (and cost) as
-    `producer.client.submit_inference` without idempotency keys. Returns the job id."""
-    settings = get_settings()
-    inspect_image(
-        data,
-        max_bytes=settings.max_image_bytes,
-        max_pixels=settings.max_image_pixels,
-        min_side_px=settings.min_image_side_px,
-    )
-    with session_scope() as session:
-        registered = resolve_model(session, model)
-    assert registered.id is not None
-    job = Job(
-        id=new_job_id(),
-        kind="inference",
-        model_id=registered.id,
-        user_id=user_id,
-        input_hash=input_hash(settings.audit_key_bytes(), data),
-        created_at=utcnow(),
-    )
-    payloads.put(
-        payloads.Payload(job.id, registered.id, user_id, job.input_hash or "", job.created_at, data),
-        settings.payload_ttl_s,
-    )
-    with session_scope() as session:
-        session.add(job)
-    naive_inference.send(job.id)
-    return job.id
+    """Submit a job for `naive_inference`: the same producer steps (and cost) as any job."""
+    return submit_inference(data, model, user_id=user_id, actor=naive_inference).job_id

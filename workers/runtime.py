@@ -16,6 +16,7 @@ from workers.inference import ModelRunner
 from workers.modelconfig import ModelConfig
 from workers.repository import check_file
 from workers.sessions import load_session
+from workers.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,15 @@ class Runtime:
     def __init__(self) -> None:
         self._runners: dict[int, ModelRunner] = {}
         self._lock = threading.Lock()
+        self._writer: BatchWriter | None = None
+
+    @property
+    def writer(self) -> BatchWriter:
+        """The process's batch writer, shared by every model (the audit chain is one)."""
+        if self._writer is None:
+            self._writer = BatchWriter(get_settings().audit_key_bytes())
+            self._writer.start()
+        return self._writer
 
     def load_active(self) -> list[ModelRunner]:
         """Load and warm every active model; a model that fails to load is logged and skipped."""
@@ -46,7 +56,7 @@ class Runtime:
         path = check_file(model, settings.model_dir)
         config = ModelConfig.model_validate(model.config)
         loaded = load_session(path, config, ref=model.ref)
-        runner = ModelRunner(model, config, loaded, settings.audit_key_bytes())
+        runner = ModelRunner(model, config, loaded, self.writer)
         runner.start()
         self._runners[model.id] = runner
         return runner
@@ -68,10 +78,13 @@ class Runtime:
             return self._load(model)
 
     def stop(self) -> None:
-        """Stop every batcher (each finishes the batch in hand)."""
+        """Stop every batcher (each finishes the batch in hand), then commit what they wrote."""
         for runner in self._runners.values():
             runner.stop()
         self._runners.clear()
+        if self._writer is not None:
+            self._writer.stop()
+            self._writer = None
 
 
 _runtime: Runtime | None = None
