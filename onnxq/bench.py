@@ -236,15 +236,45 @@ def worker_process(args: list[str], env: dict[str, str], log_path: Path) -> Iter
         stop(process)
 
 
+def wait_ended(
+    pending: set[str], lock: threading.Lock, slots: threading.Semaphore | None, until: Callable[[int], bool],
+    advance: Callable[[int], None],
+) -> list[int]:  # fmt: skip
+    """Poll until `until(ended_so_far)`; a job has ended when its payload is gone (both actors
+    delete it last). Returns how many jobs were unfinished at each poll."""
+    from onnxq import payloads
+
+    client, done, deadline = payloads.get_redis(), 0, time.monotonic() + RUN_TIMEOUT_S
+    occupancy: list[int] = []
+    while not until(done):
+        with lock:
+            snapshot = list(pending)
+        occupancy.append(len(snapshot))
+        if snapshot:
+            with client.pipeline(transaction=False) as pipe:
+                for job_id in snapshot:
+                    pipe.exists(payloads.payload_key(job_id))
+                alive = pipe.execute()
+            finished = [job_id for job_id, exists in zip(snapshot, alive, strict=True) if not exists]
+            with lock:
+                pending.difference_update(finished)
+            if slots is not None:
+                for _ in finished:
+                    slots.release()
+            done += len(finished)
+            advance(len(finished))
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {done} jobs ended within {RUN_TIMEOUT_S:.0f} s")
+        time.sleep(POLL_S)
+    return occupancy
+
+
 def drive(
     submit: Callable[[bytes], str], images: list[bytes], n: int, in_flight: int, advance: Callable[[int], None]
 ) -> tuple[list[str], float]:
     """Submit `n` jobs from a few threads, never more than `in_flight` unfinished; once all have
     ended, return their ids and the mean number of unfinished jobs seen at each poll (near
-    `in_flight`: the worker is the bottleneck; well below it: the producer is). A job has ended
-    when its payload is gone (both actors delete it last)."""
-    from onnxq import payloads
-
+    `in_flight`: the worker is the bottleneck; well below it: the producer is)."""
     ids: list[str] = []
     pending: set[str] = set()
     lock = threading.Lock()
@@ -267,32 +297,44 @@ def drive(
     threads = [threading.Thread(target=submitter, daemon=True) for _ in range(SUBMITTER_THREADS)]
     for thread in threads:
         thread.start()
-    client, done, deadline = payloads.get_redis(), 0, time.monotonic() + RUN_TIMEOUT_S
-    occupancy: list[int] = []
-    while done < n and not errors:
-        with lock:
-            snapshot = list(pending)
-        occupancy.append(len(snapshot))
-        if snapshot:
-            with client.pipeline(transaction=False) as pipe:
-                for job_id in snapshot:
-                    pipe.exists(payloads.payload_key(job_id))
-                alive = pipe.execute()
-            finished = [job_id for job_id, exists in zip(snapshot, alive, strict=True) if not exists]
-            with lock:
-                pending.difference_update(finished)
-            for _ in finished:
-                slots.release()
-            done += len(finished)
-            advance(len(finished))
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {done} of {n} jobs ended within {RUN_TIMEOUT_S:.0f} s")
-        time.sleep(POLL_S)
+    occupancy = wait_ended(pending, lock, slots, lambda done: done >= n or bool(errors), advance)
     for thread in threads:
         thread.join(5)
     if errors:
         raise errors[0]
     return ids, float(np.mean(occupancy)) if occupancy else 0.0
+
+
+def prefill(submit: Callable[[bytes], str], images: list[bytes], n: int, advance: Callable[[int], None]) -> list[str]:
+    """Queue `n` jobs while no worker runs, so a worker started next drains a full queue."""
+    with ThreadPoolExecutor(SUBMITTER_THREADS) as pool:
+        futures = [pool.submit(submit, images[i % len(images)]) for i in range(n)]
+        ids = []
+        for future in futures:
+            ids.append(future.result())
+            advance(1)
+    return ids
+
+
+def drain_stats(job_ids: list[str]) -> dict[str, float]:
+    """The worker alone: jobs/s between the first and the last job finished, over a queue filled
+    beforehand (the producer's cost is not in it; the worker's start-up is not either)."""
+    from sqlmodel import Session, col, func, select
+
+    from schema.db import get_engine
+    from schema.tables import Job, PytorchInferenceLog
+
+    with Session(get_engine()) as session:
+        first, last = session.exec(
+            select(func.min(Job.finished_at), func.max(Job.finished_at)).where(col(Job.id).in_(job_ids))
+        ).one()
+        mean_batch = session.exec(
+            select(func.avg(PytorchInferenceLog.batch_size)).where(col(PytorchInferenceLog.job_id).in_(job_ids))
+        ).one()
+    if first is None or last is None:
+        raise RuntimeError("none of the drained jobs finished")
+    span = (last - first).total_seconds()
+    return {"jobs_per_s": (len(job_ids) - 1) / span, "mean_batch_size": float(mean_batch or 0)}
 
 
 def job_stats(job_ids: list[str]) -> dict[str, Any]:
@@ -340,16 +382,22 @@ def measure_workers(
     name: str, args: list[str], submit: Callable[[bytes], str], images: list[bytes], n: int, warmup: int,
     in_flight: int, env: dict[str, str], log_path: Path, progress: Progress,
 ) -> dict[str, Any]:  # fmt: skip
-    """Start a worker, warm it with `warmup` jobs (not counted), then measure `n` jobs."""
+    """Start a worker, warm it with `warmup` jobs (not counted), measure `n` jobs end to end; then
+    queue `n` more with the worker stopped and measure how fast a fresh worker drains them."""
     task: TaskID = progress.add_task(f"{name}: starting the worker", total=None)
     with worker_process(args, env, log_path):
         progress.update(task, description=f"{name}: warm-up", total=warmup, completed=0)
         drive(submit, images, warmup, in_flight, lambda k: progress.advance(task, k))
-        progress.update(task, description=f"{name}: {n} jobs", total=n, completed=0)
+        progress.update(task, description=f"{name}: {n} jobs end to end", total=n, completed=0)
         ids, occupancy = drive(submit, images, n, in_flight, lambda k: progress.advance(task, k))
         progress.update(task, description=f"{name}: stopping the worker", total=None)
+    progress.update(task, description=f"{name}: queueing {n} jobs", total=n, completed=0)
+    queued = prefill(submit, images, n, lambda k: progress.advance(task, k))
+    progress.update(task, description=f"{name}: draining {n} jobs", total=n, completed=0)
+    with worker_process(args, env, log_path):
+        wait_ended(set(queued), threading.Lock(), None, lambda done: done >= n, lambda k: progress.advance(task, k))
     progress.remove_task(task)
-    return {**job_stats(ids), "mean_in_flight": occupancy}
+    return {**job_stats(ids), "mean_in_flight": occupancy, "drain": drain_stats(queued)}
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -383,7 +431,9 @@ def bench(
         row = _prepare_model(model)
         threads = threads or default_threads()
         max_batch = int(row.config.get("batching", {}).get("max_batch_size", 1))
-        in_flight, warmup = 2 * max_batch, max_batch
+        # As many unfinished jobs as the worker has threads: enough to saturate it, so the
+        # throughput is the worker's and not the window's.
+        in_flight, warmup = max(threads, 2 * max_batch), max_batch
         data_dir = get_settings().data_dir
         naive_args = [sys.executable, "-m", "dramatiq", "workers.naive", "--processes", "1"]
         naive_args += ["--threads", str(threads), "--queues", NAIVE_QUEUE]
@@ -428,6 +478,8 @@ def bench(
         "ratios": {
             "pipeline_vs_ceiling": pipeline["jobs_per_s"] / ceiling["jobs_per_s"],
             "pipeline_vs_naive": pipeline["jobs_per_s"] / naive["jobs_per_s"],
+            "drain_pipeline_vs_ceiling": pipeline["drain"]["jobs_per_s"] / ceiling["jobs_per_s"],
+            "drain_pipeline_vs_naive": pipeline["drain"]["jobs_per_s"] / naive["drain"]["jobs_per_s"],
         },
         "machine": {
             "cpu_count": os.cpu_count(),
@@ -475,9 +527,24 @@ def print_report(report: dict[str, Any]) -> None:
             f"{stage['mean_batch_size']:.1f}",
             f"{stage['mean_in_flight']:.1f} / {report['in_flight']}",
         )
+    for name in ("naive", "pipeline"):
+        drain = report[name]["drain"]
+        table.add_row(
+            f"{name}, worker alone (drain)",
+            f"{drain['jobs_per_s']:.1f}",
+            "",
+            "",
+            "",
+            f"{drain['mean_batch_size']:.1f}",
+            "",
+        )
     out.print(table)
     ratios = report["ratios"]
     out.print(
-        f"pipeline / ceiling: {ratios['pipeline_vs_ceiling']:.2f}",
-        f"pipeline / naive: {ratios['pipeline_vs_naive']:.2f}",
+        f"end to end: pipeline / ceiling {ratios['pipeline_vs_ceiling']:.2f}, "
+        f"pipeline / naive {ratios['pipeline_vs_naive']:.2f}"
+    )
+    out.print(
+        f"worker alone: pipeline / ceiling {ratios['drain_pipeline_vs_ceiling']:.2f}, "
+        f"pipeline / naive {ratios['drain_pipeline_vs_naive']:.2f}"
     )

@@ -103,20 +103,25 @@ class Settings(BaseSettings):
         """The HMAC key for input hashes and the audit chain; generated once into the data dir."""
         if self.audit_key is not None:
             return self.audit_key.get_secret_value().encode()
-        path = self.data_dir / "audit.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            candidate = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
-            candidate.write_text(secrets.token_hex(32))
-            candidate.chmod(0o600)
-            try:
-                # link() fails if another process won the race; then we use its key.
-                path.hardlink_to(candidate)
-            except FileExistsError:
-                pass
-            finally:
-                candidate.unlink()
-        return path.read_text().strip().encode()
+        return _key_file((self.data_dir / "audit.key").resolve())
+
+
+@lru_cache(maxsize=8)
+def _key_file(path: Path) -> bytes:
+    """The key in `path`, created on first use; read once per process."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        candidate = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
+        candidate.write_text(secrets.token_hex(32))
+        candidate.chmod(0o600)
+        try:
+            # link() fails if another process won the race; then we use its key.
+            path.hardlink_to(candidate)
+        except FileExistsError:
+            pass
+        finally:
+            candidate.unlink()
+    return path.read_text().strip().encode()
 
 
 @lru_cache(maxsize=1)

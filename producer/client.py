@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
@@ -117,8 +118,9 @@ def submit_inference(
             settings.payload_ttl_s,
         )
         try:
-            with session_scope() as session:
-                session.add(job)
+            # A Core insert: the ORM's unit of work costs more than the statement here.
+            with get_engine().begin() as connection:
+                connection.execute(insert(Job), job.model_dump())
         except IntegrityError:
             # Another request with the same idempotency key won the race: return its job.
             payloads.delete(job.id)

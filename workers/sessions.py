@@ -105,6 +105,10 @@ def load_session(path: Path, config: ModelConfig, *, ref: str) -> LoadedSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # Worker threads decode images on the same cores: ONNX Runtime's threads must sleep between
+    # runs instead of spinning on them.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=providers_for(ort.get_available_providers()))
     # get_providers() says what the session really uses; the available list only says what the
     # build could use (CUDA is listed even when no GPU or driver is present).
