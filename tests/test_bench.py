@@ -42,8 +42,10 @@ def test_bench_reports_all_three_stages_and_ratios() -> None:
             assert report[stage][key] > 0, (stage, key)
         assert report[stage]["succeeded"] == 24
         assert report[stage]["failed"] == 0
+        assert report[stage]["drain"]["jobs_per_s"] > 0
+        assert report[stage]["drain"]["mean_batch_size"] >= 1
     assert report["naive"]["mean_batch_size"] == 1
-    for key in ("pipeline_vs_ceiling", "pipeline_vs_naive"):
+    for key in ("pipeline_vs_ceiling", "pipeline_vs_naive", "drain_pipeline_vs_ceiling", "drain_pipeline_vs_naive"):
         assert report["ratios"][key] > 0
     assert report["machine"]["cpu_count"] >= 1
     assert report["machine"]["onnxruntime_provider"]
