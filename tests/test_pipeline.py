@@ -150,3 +150,25 @@ def test_unknown_model_and_job_are_clear_errors(migrated: str) -> None:
     with pytest.raises(OnnxqError) as caught:
         get_job("0" * 32)
     assert caught.value.code == "job_not_found"
+
+
+def test_no_image_bytes_in_logs_or_sql(worker: object, samples: list[Path], caplog: pytest.LogCaptureFixture) -> None:
+    import base64
+
+    from sqlalchemy import text
+
+    caplog.set_level("DEBUG")
+    data = samples[0].read_bytes()
+    bad = corpus()["truncated.jpg"][0]
+    ids = [submit_inference(data, DEMO, user_id="p").job_id, submit_inference(bad, DEMO).job_id]
+    wait_all(ids)
+    needles = [data[8:40].hex(), base64.b64encode(data[:48]).decode()[8:40], "IHDR", "JFIF", bad[6:30].hex()]
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert not [n for n in needles if n in logged]
+    with get_engine().connect() as conn:
+        dumped = "\n".join(
+            str(row)
+            for table in ("jobs", "pytorch_inference_logs")
+            for row in conn.execute(text(f"SELECT * FROM {table}")).all()
+        )
+    assert not [n for n in needles if n in dumped]
