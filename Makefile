@@ -2,7 +2,8 @@
 # ORT=cpu (default) installs onnxruntime; ORT=gpu installs onnxruntime-gpu instead, never both.
 PYTHON ?= python3
 VENV ?= .venv
-ORT ?= cpu
+# ORT sticks to what the venv has: after `make install-gpu`, plain `make test` keeps the GPU wheel.
+ORT ?= $(if $(wildcard $(VENV)/.installed-gpu),gpu,cpu)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(ORT)
 

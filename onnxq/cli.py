@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import typer
+from pydantic import ValidationError
 
 from onnxq.bench import bench
 from onnxq.demo import demo, up
 from onnxq.logs import configure as configure_logging
+from onnxq.settings import get_settings
 from producer.cli import status, submit
 from schema.cli import audit_app, db_app
 from workers.cli import models_app, worker
@@ -20,6 +22,13 @@ app = typer.Typer(
 
 @app.callback()
 def _main() -> None:
+    try:
+        get_settings()
+    except ValidationError as exc:
+        # Settings errors are the user's to fix: one sentence each, no traceback.
+        for error in exc.errors():
+            typer.echo(f"onnxq: configuration error: {error['msg'].removeprefix('Value error, ')}", err=True)
+        raise typer.Exit(2) from None
     configure_logging()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import threading
 from pathlib import Path
@@ -22,14 +21,18 @@ err = Console(stderr=True)
 
 def up() -> None:
     """Run the whole stack in one process tree (embedded Redis unless REDIS_URL is set, SQLite
-    unless DATABASE_URL is set); Ctrl-C stops it cleanly."""
+    unless DATABASE_URL is set); Ctrl-C or SIGTERM stops it cleanly."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Both signals handled explicitly: a shell starting `onnxq up &` from a script makes the
+    # process ignore SIGINT by default.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     with running_stack():
         settings = get_settings()
-        err.print(f"onnxq is up: queue {settings.redis_url}, database {settings.database_url}. Ctrl-C stops it.")
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
+        err.print(
+            f"onnxq is up: queue {settings.redis_url}, database {settings.database_url}. Ctrl-C (or SIGTERM) stops it."
+        )
+        stop.wait()
         err.print("stopping: workers finish the batches in hand…")
 
 

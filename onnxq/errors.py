@@ -92,3 +92,7 @@ class RetriesExhausted(PermanentError):
 
 class IdempotencyConflict(PermanentError):
     code = "idempotency_conflict"
+
+
+class DatabaseNotReady(PermanentError):
+    code = "database_not_migrated"

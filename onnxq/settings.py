@@ -44,7 +44,7 @@ class Settings(BaseSettings):
 
     # Worker.
     worker_processes: int = 1
-    worker_threads: int | None = None  # default: the largest max_batch_size of the active models
+    worker_threads: int | None = None  # default: 4x the largest max_batch_size of the active models
     job_max_retries: int = 5
     job_min_backoff_ms: int = 500
     job_max_backoff_ms: int = 60_000

@@ -63,7 +63,9 @@ def embedded_redis(settings: Settings) -> Iterator[str]:
         ]
     )
     (redis_dir / "redis.conf").write_text(config + "\n")
-    process = subprocess.Popen([redis_server_binary(), str(redis_dir / "redis.conf")])
+    # Its own session: a Ctrl-C in the terminal must not stop Redis before the worker has
+    # finished with it; it is stopped last, in order, below.
+    process = subprocess.Popen([redis_server_binary(), str(redis_dir / "redis.conf")], start_new_session=True)
     try:
         deadline = time.monotonic() + REDIS_START_TIMEOUT_S
         while True:

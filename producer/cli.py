@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from onnxq.errors import InputTooLarge, OnnxqError
 from onnxq.settings import get_settings
-from producer.client import get_job, submit_inference, wait_for_jobs
+from producer.client import JOB_ID_LENGTH, get_job, match_job_prefix, submit_inference, wait_for_jobs
 
 PROGRESS_MIN_FILES = 5
 err = Console(stderr=True)
@@ -80,10 +80,10 @@ def submit(
     show_bar = len(files) >= PROGRESS_MIN_FILES
     with _progress() as progress:
         task = progress.add_task("submitting", total=len(files), visible=show_bar)
-        for index, path in enumerate(files):
+        for path in files:
             name = str(path)
             try:
-                key = idempotency_key if idempotency_key is None or len(files) == 1 else f"{idempotency_key}:{index}"
+                key = idempotency_key if idempotency_key is None or len(files) == 1 else f"{idempotency_key}:{name}"
                 outcome = submit_inference(_read(path), model, user_id=user, idempotency_key=key)
                 view: dict[str, Any] = {"job_id": outcome.job_id, "status": outcome.status}
             except (OnnxqError, OSError) as exc:
@@ -111,12 +111,12 @@ def _wait_with_progress(progress: Progress, job_ids: list[str], timeout_s: float
 
 
 def status(
-    job_id: str = typer.Argument(..., help="The job id `submit` printed."),
+    job_id: str = typer.Argument(..., help="The job id `submit` printed (or its first 8+ characters)."),
     as_json: bool = typer.Option(False, "--json", help="Print the job as JSON."),
 ) -> None:
     """Print one job."""
     try:
-        view = get_job(job_id)
+        view = get_job(job_id if len(job_id) == JOB_ID_LENGTH else match_job_prefix(job_id))
     except OnnxqError as exc:
         if as_json:
             sys.stdout.write(json.dumps({"job_id": job_id, "error": exc.as_dict()}) + "\n")

@@ -14,11 +14,11 @@ from typing import Any, Protocol
 
 import redis
 from sqlalchemy import insert
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Session, col, select
 
 from onnxq import payloads
-from onnxq.errors import JobNotFound, RetryableError
+from onnxq.errors import DatabaseNotReady, IdempotencyConflict, JobNotFound, OnnxqError, RetryableError
 from onnxq.images import inspect_image
 from onnxq.settings import get_settings
 from schema.audit import input_hash
@@ -95,20 +95,21 @@ def submit_inference(
         min_side_px=settings.min_image_side_px,
     )
     scope = idempotency_scope(user_id, idempotency_key) if idempotency_key else None
+    digest = input_hash(settings.audit_key_bytes(), data)
     try:
         registered = cached_model(model)
+        assert registered.id is not None
         if scope is not None:
             with Session(get_engine()) as session:
                 existing = find_by_scope(session, scope)
             if existing is not None:
-                return SubmitOutcome(existing.id, existing.status, registered.ref, reused=True)
-        assert registered.id is not None
+                return _reuse(existing, registered, digest)
         job = Job(
             id=new_job_id(),
             kind="inference",
             model_id=registered.id,
             user_id=user_id,
-            input_hash=input_hash(settings.audit_key_bytes(), data),
+            input_hash=digest,
             idempotency_key=idempotency_key,
             idempotency_scope=scope,
             created_at=utcnow(),
@@ -128,7 +129,7 @@ def submit_inference(
                 existing = find_by_scope(session, scope or "")
             if existing is None:
                 raise
-            return SubmitOutcome(existing.id, existing.status, registered.ref, reused=True)
+            return _reuse(existing, registered, digest)
         try:
             actor.send(job.id)
         except redis.RedisError as exc:
@@ -139,8 +140,48 @@ def submit_inference(
         return SubmitOutcome(job.id, job.status, registered.ref)
     except redis.RedisError as exc:
         raise RetryableError("The queue (Redis) is unavailable; try again shortly.") from exc
-    except OperationalError as exc:
-        raise RetryableError("The database is unavailable; try again shortly.") from exc
+    except (OperationalError, ProgrammingError) as exc:
+        raise database_error(exc) from exc
+
+
+def _reuse(existing: Job, model: PytorchModel, digest: str) -> SubmitOutcome:
+    """The job an idempotency key already names, if the request is the same one."""
+    if existing.input_hash != digest or existing.model_id != model.id:
+        raise IdempotencyConflict(
+            f"This idempotency key was already used for job {existing.id} with a different image or model; "
+            "use a new key for a new request."
+        )
+    return SubmitOutcome(existing.id, existing.status, model.ref, reused=True)
+
+
+def database_error(exc: Exception) -> OnnxqError:
+    """A user-facing error for a failed database call: not migrated, or unavailable for now."""
+    text = str(exc).lower()
+    if "no such table" in text or ("relation" in text and "does not exist" in text):
+        return DatabaseNotReady(
+            "The database has no onnxq tables: run `onnxq db upgrade` (and check DATABASE_URL / ONNXQ_DATA_DIR "
+            "point where you expect)."
+        )
+    return RetryableError("The database is unavailable; try again shortly.")
+
+
+JOB_ID_LENGTH = 32
+MIN_JOB_PREFIX = 8
+
+
+def match_job_prefix(prefix: str) -> str:
+    """The one job id starting with `prefix` (at least 8 characters), for people typing ids."""
+    if len(prefix) < MIN_JOB_PREFIX or not all(c in "0123456789abcdef" for c in prefix):
+        raise JobNotFound(
+            f"{prefix!r} is not a job id: give the id submit printed, or at least its first 8 characters."
+        )
+    with Session(get_engine()) as session:
+        found = session.exec(select(Job.id).where(col(Job.id).startswith(prefix)).limit(2)).all()
+    if len(found) != 1:
+        raise JobNotFound(
+            f"No job id starts with {prefix!r}." if not found else f"Several job ids start with {prefix!r}; give more."
+        )
+    return found[0]
 
 
 def get_job(job_id: str) -> dict[str, Any]:

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Benchmark onnxq on a ResNet-18-class model: builds onnx/resnet18-bench/1/ (random weights,
-# gitignored; needs torch) if it is missing, then runs `onnxq bench` against it.
+# gitignored; `make bench-model`, which installs torch into .venv-train) if it is missing, then
+# runs `onnxq bench` against it.
 #   scripts/bench_resnet18.sh [--jobs N] [--json]        (default --jobs 200)
-# TORCH_PYTHON: a Python with torch installed (default: python3). REDIS_URL: a Redis to use
-# (default: an embedded one in the bench's temporary data dir).
+# REDIS_URL: a Redis to use (default: an embedded one in the bench's temporary data dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -f onnx/resnet18-bench/1/model.onnx ]; then
-    "${TORCH_PYTHON:-python3}" scripts/train_demo_model.py --bench-resnet18
+    make bench-model
 fi
 ONNXQ="${ONNXQ:-.venv/bin/onnxq}"
 case " $* " in

@@ -83,8 +83,8 @@ def test_models_sync_then_list(env: str, monkeypatch: pytest.MonkeyPatch) -> Non
 
     table = invoke("models", "list")
     assert table.exit_code == 0, table.output
-    (line,) = [line for line in table.stdout.splitlines() if f" {DEMO} " in line]
-    assert demo["sha256"][:12] in line and "active" in line and "medical" in line
+    (line,) = [line for line in table.stdout.splitlines() if f" {DEMO}@1 " in line]
+    assert demo["sha256"][:8] in line and "active" in line and "1x128x128" in line
 
 
 def test_models_sync_with_no_models_fails(env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -333,3 +333,35 @@ def test_top_level_names_resolve_to_this_repo_from_anywhere(tmp_path: Path) -> N
         # install made before the package had one).
         assert files[name] is not None, f"{name!r} imports as a namespace package: {files}"
         assert Path(files[name]).resolve() == REPO / name / "__init__.py", files
+
+
+def test_idempotency_key_with_another_image_is_a_conflict(migrated: str, samples: list[Path]) -> None:
+    from onnxq.errors import OnnxqError
+    from producer.client import submit_inference
+
+    first = submit_inference(samples[0].read_bytes(), DEMO, user_id="u", idempotency_key="same")
+    with pytest.raises(OnnxqError) as caught:
+        submit_inference(samples[1].read_bytes(), DEMO, user_id="u", idempotency_key="same")
+    assert caught.value.code == "idempotency_conflict"
+    assert first.job_id in caught.value.message
+
+
+def test_status_accepts_a_unique_prefix(migrated: str, samples: list[Path]) -> None:
+    from producer.client import submit_inference
+
+    job_id = submit_inference(samples[0].read_bytes(), DEMO).job_id
+    result = runner.invoke(app, ["status", job_id[:8], "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["job_id"] == job_id
+    short = runner.invoke(app, ["status", job_id[:4]])
+    assert short.exit_code == 1
+
+
+def test_unmigrated_database_is_a_clear_error(env: str, samples: list[Path]) -> None:
+    from onnxq.errors import OnnxqError
+    from producer.client import submit_inference
+
+    with pytest.raises(OnnxqError) as caught:
+        submit_inference(samples[0].read_bytes(), DEMO)
+    assert caught.value.code == "database_not_migrated"
+    assert "onnxq db upgrade" in caught.value.message

@@ -54,18 +54,14 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="One JSON obj
         for row in rows:
             typer.echo(json.dumps(row.model_dump(mode="json", exclude={"config"})))
         return
-    table = Table("model", "version", "status", "domain", "input", "output", "labels", "sha256", "accuracy")
+    # Narrow enough for an 80-column terminal; domain, labels and full hashes are in --json.
+    table = Table("model", "status", "input (CxHxW)", "sha256", "accuracy")
     for row in rows:
-        labels = ", ".join(row.labels[:4]) + (f" … (+{len(row.labels) - 4})" if len(row.labels) > 4 else "")
         table.add_row(
-            row.model_name,
-            row.model_version,
+            row.ref,
             row.deployment_status,
-            row.domain,
-            str(row.input_shape),
-            str(row.output_shape),
-            labels,
-            row.sha256[:12],
+            "x".join(str(d) for d in (row.input_shape or [])[1:]),
+            row.sha256[:8],
             f"{row.accuracy:.3f}" if row.accuracy is not None else "-",
         )
     out.print(table)
