@@ -118,7 +118,7 @@ def _prepare_model(ref: str) -> Any:
 
 def bench(
     model: str = typer.Option(..., "--model", help="NAME or NAME@VERSION under ONNXQ_MODEL_DIR."),
-    jobs: int = typer.Option(DEFAULT_JOBS, "--jobs", min=1, help="Images per measurement."),
+    jobs: int = typer.Option(DEFAULT_JOBS, "--jobs", min=20, help="Images per measurement (at least 20)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     threads: int | None = typer.Option(
         None, "--threads", help="Worker threads for both workers; default: what `onnxq worker` would use."

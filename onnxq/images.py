@@ -19,6 +19,18 @@ from onnxq.errors import ImageDecodeError, ImageTooManyPixels, ImageTooSmall, In
 Image.MAX_IMAGE_PIXELS = 1_000_000_000
 
 
+def image_limits() -> dict[str, int]:
+    """The configured input limits, as keyword arguments for `open_checked` and friends."""
+    from onnxq.settings import get_settings
+
+    settings = get_settings()
+    return {
+        "max_bytes": settings.max_image_bytes,
+        "max_pixels": settings.max_image_pixels,
+        "min_side_px": settings.min_image_side_px,
+    }
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """What the header of an accepted image says."""

@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from onnxq import payloads
 from onnxq.errors import DatabaseNotReady, IdempotencyConflict, JobNotFound, OnnxqError, RetryableError
-from onnxq.images import inspect_image
+from onnxq.images import image_limits, inspect_image
 from onnxq.settings import get_settings
 from schema.audit import input_hash
 from schema.db import get_engine, session_scope
@@ -88,12 +88,7 @@ def submit_inference(
 
         actor = run_inference
     settings = get_settings()
-    inspect_image(
-        data,
-        max_bytes=settings.max_image_bytes,
-        max_pixels=settings.max_image_pixels,
-        min_side_px=settings.min_image_side_px,
-    )
+    inspect_image(data, **image_limits())
     scope = idempotency_scope(user_id, idempotency_key) if idempotency_key else None
     digest = input_hash(settings.audit_key_bytes(), data)
     try:

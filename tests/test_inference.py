@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxq import payloads
+from onnxq.images import image_limits
 from onnxq.settings import get_settings
 from producer.client import get_job, submit_inference
 from schema.tables import utcnow
@@ -22,18 +23,12 @@ def test_one_bad_tensor_fails_only_its_own_job(migrated: str, samples: list[Path
     runtime = Runtime()
     try:
         runner = next(iter(runtime.load_active()))
-        settings = get_settings()
+        get_settings()
         items = []
         for job_id in ids:
             payload = payloads.fetch(job_id)
             assert payload is not None
-            tensor = preprocess(
-                payload.data,
-                runner.config.input,
-                max_bytes=settings.max_image_bytes,
-                max_pixels=settings.max_image_pixels,
-                min_side_px=settings.min_image_side_px,
-            )
+            tensor = preprocess(payload.data, runner.config.input, **image_limits())
             items.append(Prepared(job_id, None, payload.input_hash, utcnow(), tensor, 1.0))
         alone = [runner.loaded.run(item.tensor[None])[0] for item in items]
         # When the middle item's tensor is malformed, so the stacked batch cannot run

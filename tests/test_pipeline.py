@@ -13,6 +13,7 @@ from sqlmodel import Session, select
 
 from onnxq import payloads
 from onnxq.errors import OnnxqError
+from onnxq.images import image_limits
 from onnxq.settings import get_settings
 from producer.client import get_job, submit_inference
 from schema.audit import verify_chain
@@ -33,14 +34,8 @@ def _alone(data: bytes) -> np.ndarray:
         model = session.exec(select(PytorchModel).where(PytorchModel.model_name == DEMO)).one()
     config = ModelConfig.model_validate(model.config)
     loaded = load_session(check_file(model, get_settings().model_dir), config, ref=model.ref)
-    settings = get_settings()
-    tensor = preprocess(
-        data,
-        config.input,
-        max_bytes=settings.max_image_bytes,
-        max_pixels=settings.max_image_pixels,
-        min_side_px=settings.min_image_side_px,
-    )
+    get_settings()
+    tensor = preprocess(data, config.input, **image_limits())
     return loaded.run(tensor[None])[0]
 
 

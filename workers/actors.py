@@ -11,12 +11,13 @@ import dramatiq
 
 from onnxq import payloads
 from onnxq.errors import OnnxqError, PayloadMissing, PermanentError, RetriesExhausted
+from onnxq.images import image_limits
 from onnxq.settings import get_settings
 from schema.db import session_scope
 from schema.jobs import fail_job
 from schema.tables import TERMINAL_STATUSES, Job, utcnow
 from workers.broker import INFERENCE_QUEUE, MAINTENANCE_QUEUE, broker
-from workers.inference import Prepared
+from workers.inference import ModelRunner, Prepared
 from workers.preprocess import preprocess
 from workers.runtime import get_runtime
 
@@ -57,6 +58,22 @@ def run_inference(job_id: str) -> None:
     Permanent errors end the job at once with their code; anything else (database or Redis down)
     is raised so Dramatiq retries the message with backoff.
     """
+    prepared = prepare(job_id)
+    if prepared is None:
+        return
+    runner, item = prepared
+    outcome = runner.batcher.submit(item).result()
+    outcome.written.result()  # acknowledge the message only once its result is committed
+    if outcome.error is not None:
+        log.info("job %s failed: %s", job_id, outcome.error.code)
+
+
+def prepare(job_id: str) -> tuple[ModelRunner, Prepared] | None:
+    """Fetch a job's payload and turn its image into a tensor for its model's runner.
+
+    None when there is nothing to run: the job already ended (a redelivery), or it failed here
+    with a permanent error, which is recorded.
+    """
     picked_at = utcnow()
     payload = payloads.fetch(job_id)
     if payload is None:
@@ -64,34 +81,17 @@ def run_inference(job_id: str) -> None:
             job = session.get(Job, job_id)
             if job is None:
                 log.warning("message for unknown job %s dropped", job_id)
-                return
+                return None
             if job.status in TERMINAL_STATUSES:
-                return  # a redelivery of a job that already ended
+                return None  # a redelivery of a job that already ended
         _fail(job_id, PayloadMissing("The job's input expired or was purged before a worker ran it."))
-        return
+        return None
     try:
         runner = get_runtime().runner(payload.model_id)
         started = time.perf_counter()
-        tensor = preprocess(
-            payload.data,
-            runner.config.input,
-            max_bytes=_settings.max_image_bytes,
-            max_pixels=_settings.max_image_pixels,
-            min_side_px=_settings.min_image_side_px,
-        )
+        tensor = preprocess(payload.data, runner.config.input, **image_limits())
         preprocessing_ms = (time.perf_counter() - started) * 1000
     except PermanentError as error:
         _fail(job_id, error)
-        return
-    item = Prepared(
-        job_id=job_id,
-        user_id=payload.user_id,
-        input_hash=payload.input_hash,
-        picked_at=picked_at,
-        tensor=tensor,
-        preprocessing_ms=preprocessing_ms,
-    )
-    outcome = runner.batcher.submit(item).result()
-    outcome.written.result()  # acknowledge the message only once its result is committed
-    if outcome.error is not None:
-        log.info("job %s failed: %s", job_id, outcome.error.code)
+        return None
+    return runner, Prepared(job_id, payload.user_id, payload.input_hash, picked_at, tensor, preprocessing_ms)
