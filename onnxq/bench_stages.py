@@ -26,7 +26,6 @@ SWEEP_MIN_S = 0.4  # per batch size; long enough to average out a few scheduler 
 SWEEP_MIN_RUNS = 1  # after one untimed run per shape; ResNet-class models take seconds per batch on a CPU
 RUN_TIMEOUT_S = 900.0
 WORKER_LOG_TAIL = 3000
-DRAIN_MIN_JOBS = 10
 
 err = Console(stderr=True)
 
@@ -223,26 +222,24 @@ def prefill(submit: Callable[[bytes], str], images: list[bytes], n: int, advance
 
 
 def drain_stats(job_ids: list[str]) -> dict[str, float]:
-    """The worker alone, in steady state: jobs/s between the 10th and the 90th percentile finish
-    time over a queue filled beforehand. The producer's cost is not in it, nor the ramp-up of a
-    fresh worker (thread and connection pools) or the last partial batches."""
+    """The worker alone: jobs/s from the first job a worker picked up to the last one finished,
+    over a queue filled beforehand (the producer's cost is not in it, the worker's start-up is
+    not either)."""
     from sqlmodel import Session, col, func, select
 
     from schema.db import get_engine
     from schema.tables import Job, PytorchInferenceLog
 
     with Session(get_engine()) as session:
-        finished = sorted(
-            at for at in session.exec(select(Job.finished_at).where(col(Job.id).in_(job_ids))) if at is not None
-        )
+        first, last = session.exec(
+            select(func.min(Job.started_at), func.max(Job.finished_at)).where(col(Job.id).in_(job_ids))
+        ).one()
         mean_batch = session.exec(
             select(func.avg(PytorchInferenceLog.batch_size)).where(col(PytorchInferenceLog.job_id).in_(job_ids))
         ).one()
-    if len(finished) < DRAIN_MIN_JOBS:
-        raise RuntimeError(f"only {len(finished)} drained jobs finished; the bench needs {DRAIN_MIN_JOBS}")
-    low, high = len(finished) // 10, len(finished) - 1 - len(finished) // 10
-    span = (finished[high] - finished[low]).total_seconds()
-    return {"jobs_per_s": (high - low) / span, "mean_batch_size": float(mean_batch or 0)}
+    if first is None or last is None:
+        raise RuntimeError("none of the drained jobs ran")
+    return {"jobs_per_s": len(job_ids) / (last - first).total_seconds(), "mean_batch_size": float(mean_batch or 0)}
 
 
 def job_stats(job_ids: list[str]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, func, update
 from sqlmodel import Session, col, select
 
 from onnxq.errors import OnnxqError
@@ -74,6 +74,7 @@ class Success:
     confidence: float
     inference_ms: float
     batch_size: int
+    started_at: datetime
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,14 @@ def finish_batches(
         session.connection().execute(
             update(Job)
             .where(col(Job.id) == bindparam("b_id"))
-            .values(status=JobStatus.SUCCEEDED.value, finished_at=now, result=bindparam("b_result")),
-            [{"b_id": s.job_id, "b_result": s.result} for _, s in fresh],
+            .values(
+                status=JobStatus.SUCCEEDED.value,
+                # Set by mark_running normally; kept here too for writers that skip that step.
+                started_at=func.coalesce(Job.started_at, bindparam("b_started")),
+                finished_at=now,
+                result=bindparam("b_result"),
+            ),
+            [{"b_id": s.job_id, "b_started": s.started_at, "b_result": s.result} for _, s in fresh],
         )
         rows = [
             {

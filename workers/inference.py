@@ -110,6 +110,7 @@ class ModelRunner:
             confidence=confidence,
             inference_ms=round(run_ms, 3),
             batch_size=batch_size,
+            started_at=item.picked_at,
         )
 
     def run_batch(self, items: list[Prepared]) -> list[Outcome]:
