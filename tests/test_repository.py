@@ -182,3 +182,22 @@ def test_fixed_batch_dimension_model_is_served_one_by_one(
         assert view["result"]["batch_size"] == 1
         assert view["result"]["model"] == FIXED
     assert {row.batch_size for row in audit_rows(ids)} == {1}
+
+
+def test_batching_defaults_come_from_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxq.settings import get_settings
+    from workers.modelconfig import load_config
+
+    toml = tmp_path / "model.toml"
+    toml.write_text(
+        'labels = ["a", "b"]\n[input]\nwidth = 8\nheight = 8\ncolor_mode = "L"\nmean = [0.5]\nstd = [0.5]\n'
+    )
+    monkeypatch.setenv("ONNXQ_DEFAULT_MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("ONNXQ_DEFAULT_MAX_WAIT_MS", "2.5")
+    get_settings.cache_clear()
+    try:
+        config = load_config(toml)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert (config.batching.max_batch_size, config.batching.max_wait_ms) == (4, 2.5)

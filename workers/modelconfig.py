@@ -61,8 +61,17 @@ class ModelConfig(BaseModel):
 
 def load_config(path: Path) -> ModelConfig:
     """Parse and validate a `model.toml`; errors name the file and the bad key."""
+    from onnxq.settings import get_settings
+
     try:
         raw: dict[str, Any] = tomllib.loads(path.read_text())
+        # What the file leaves out of [batching] comes from the settings; the registry row then
+        # records the values in force.
+        settings = get_settings()
+        batching = raw.setdefault("batching", {})
+        if isinstance(batching, dict):
+            batching.setdefault("max_batch_size", settings.default_max_batch_size)
+            batching.setdefault("max_wait_ms", settings.default_max_wait_ms)
         return ModelConfig.model_validate(raw)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise InvalidModelConfig(f"{path}: cannot read it as TOML ({exc}).") from exc
