@@ -118,6 +118,17 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
         stop_worker_process(process)
 
 
+def _consuming_worker(
+    log_path: Path, env: dict[str, str], processes: list[subprocess.Popen[bytes]]
+) -> subprocess.Popen[bytes]:
+    """A worker process, started and registered for clean-up, once it consumes."""
+    since = _now_ms()
+    process = start_worker_process(log_path, env)
+    processes.append(process)
+    wait_for_consumer(process, log_path, since)
+    return process
+
+
 @pytest.mark.slow
 def test_sigkill_mid_batch_loses_nothing(
     migrated: str, samples: list[Path], tmp_path: Path, processes: list[subprocess.Popen[bytes]]
@@ -125,10 +136,7 @@ def test_sigkill_mid_batch_loses_nothing(
     env = worker_env(**FAST_REQUEUE)
     first_log, second_log = tmp_path / "worker-1.log", tmp_path / "worker-2.log"
     # Given a worker process that consumes
-    since = _now_ms()
-    first = start_worker_process(first_log, env)
-    processes.append(first)
-    wait_for_consumer(first, first_log, since)
+    first = _consuming_worker(first_log, env, processes)
     # When jobs are streaming through it and it is SIGKILLed, children included
     submitter = Submitter(samples, JOBS)
     submitter.start()
@@ -141,10 +149,7 @@ def test_sigkill_mid_batch_loses_nothing(
     at_kill = collections.Counter(job_statuses(ids).values())
     assert at_kill["succeeded"] < JOBS, f"every job had succeeded before the kill: {at_kill}"
     # And a new worker starts
-    since = _now_ms()
-    second = start_worker_process(second_log, env)
-    processes.append(second)
-    wait_for_consumer(second, second_log, since)
+    _consuming_worker(second_log, env, processes)
     # Then every job succeeds, with exactly one audit row each, and the chain holds
     _assert_all_succeeded_once(ids, second_log)
 
@@ -155,10 +160,7 @@ def test_sigterm_finishes_the_batch_in_hand(
 ) -> None:
     env = worker_env(**FAST_REQUEUE)
     first_log, second_log = tmp_path / "worker-1.log", tmp_path / "worker-2.log"
-    since = _now_ms()
-    first = start_worker_process(first_log, env)
-    processes.append(first)
-    wait_for_consumer(first, first_log, since)
+    first = _consuming_worker(first_log, env, processes)
     submitter = Submitter(samples, JOBS)
     submitter.start()
     _wait_some_succeeded(submitter, first, first_log)
@@ -181,10 +183,7 @@ def test_sigterm_finishes_the_batch_in_hand(
     assert queued <= held, f"{len(queued - held)} queued jobs have no message left"
     assert all(payloads.fetch(job_id) is not None for job_id in queued)
     # When a new worker starts, every job succeeds once
-    since = _now_ms()
-    second = start_worker_process(second_log, env)
-    processes.append(second)
-    wait_for_consumer(second, second_log, since)
+    _consuming_worker(second_log, env, processes)
     _assert_all_succeeded_once(ids, second_log)
 
 
