@@ -69,6 +69,13 @@ class ModelChecksumMismatch(PermanentError):
     code = "model_checksum_mismatch"
 
 
+class ModelFileMissing(RetryableError):
+    """The registered file is not on this host (yet): another worker, or a later deploy, may
+    have it."""
+
+    code = "model_file_missing"
+
+
 class InvalidModelConfig(PermanentError):
     code = "invalid_model_config"
 

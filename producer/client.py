@@ -7,13 +7,14 @@ job = get_job(outcome.job_id)      # the job shape of DESIGN.md
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
-from sqlalchemy import insert
+from sqlalchemy import delete, insert
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Session, col, select
 
@@ -23,7 +24,7 @@ from onnxq.images import image_limits, inspect_image
 from onnxq.settings import get_settings
 from schema.audit import input_hash
 from schema.db import get_engine, session_scope
-from schema.jobs import fail_job, find_by_scope, idempotency_scope, job_view, new_job_id
+from schema.jobs import find_by_scope, idempotency_scope, job_view, new_job_id
 from schema.registry import resolve_model
 from schema.tables import TERMINAL_STATUSES, Job, PytorchModel, utcnow
 
@@ -128,9 +129,12 @@ def submit_inference(
         try:
             actor.send(job.id)
         except redis.RedisError as exc:
+            # Not accepted after all: remove the row, so a retry with the same idempotency key
+            # makes a new job instead of finding this one.
             with session_scope() as session:
-                fail_job(session, job.id, RetryableError("The queue was unavailable; submit again."))
-            payloads.delete(job.id)
+                session.execute(delete(Job).where(col(Job.id) == job.id))
+            with contextlib.suppress(redis.RedisError):
+                payloads.delete(job.id)
             raise RetryableError("The queue (Redis) is unavailable; try again shortly.") from exc
         return SubmitOutcome(job.id, job.status, registered.ref)
     except redis.RedisError as exc:

@@ -104,12 +104,12 @@ class VerifyReport:
         return self.problem is None
 
 
-def _rows_in_order(session: Session) -> Iterator[PytorchInferenceLog]:
-    last_id = 0
+def _rows_in_order(session: Session, after_id: int, up_to_id: int) -> Iterator[PytorchInferenceLog]:
+    last_id = after_id
     while True:
         page = session.exec(
             select(PytorchInferenceLog)
-            .where(col(PytorchInferenceLog.id) > last_id)
+            .where(col(PytorchInferenceLog.id) > last_id, col(PytorchInferenceLog.id) <= up_to_id)
             .order_by(col(PytorchInferenceLog.id))
             .limit(VERIFY_PAGE_ROWS)
         ).all()
@@ -120,18 +120,36 @@ def _rows_in_order(session: Session) -> Iterator[PytorchInferenceLog]:
         session.expunge_all()
 
 
+def _read_head(session: Session) -> AuditChainHead:
+    head = session.get(AuditChainHead, 1, populate_existing=True)
+    return head if head is not None else AuditChainHead(id=1)
+
+
 def verify_chain(session: Session, key: bytes) -> VerifyReport:
-    """Walk the chain in id order; report the first edited, missing or reordered row."""
-    prev_hash, expected_id, checked = GENESIS_HASH, 1, 0
-    for row in _rows_in_order(session):
-        if row.id != expected_id:
-            return VerifyReport(checked, ChainBreak(row.id, f"row {expected_id} is missing"))
-        if row.prev_hash != prev_hash:
-            return VerifyReport(checked, ChainBreak(row.id, "prev_hash does not match the row before"))
-        if not hmac.compare_digest(row_digest(key, row.model_dump()), row.row_hash):
-            return VerifyReport(checked, ChainBreak(row.id, "row content does not match its row_hash"))
-        prev_hash, expected_id, checked = row.row_hash, expected_id + 1, checked + 1
-    head = session.get(AuditChainHead, 1)
-    if head is not None and (head.last_id, head.last_hash) != (expected_id - 1, prev_hash):
-        return VerifyReport(checked, ChainBreak(head.last_id, f"rows after {expected_id - 1} are missing (chain head)"))
-    return VerifyReport(checked, None)
+    """Walk the chain in id order; report the first edited, missing or reordered row.
+
+    Safe while workers append: rows are checked up to the chain head read before them, and the
+    walk goes on while the head moves. A row past a head that no longer moves is not in the chain.
+    """
+    prev_hash, last_id, checked = GENESIS_HASH, 0, 0
+    head = _read_head(session)
+    while True:
+        for row in _rows_in_order(session, last_id, head.last_id):
+            if row.id != last_id + 1:
+                return VerifyReport(checked, ChainBreak(row.id, f"row {last_id + 1} is missing"))
+            if row.prev_hash != prev_hash:
+                return VerifyReport(checked, ChainBreak(row.id, "prev_hash does not match the row before"))
+            if not hmac.compare_digest(row_digest(key, row.model_dump()), row.row_hash):
+                return VerifyReport(checked, ChainBreak(row.id, "row content does not match its row_hash"))
+            prev_hash, last_id, checked = row.row_hash, last_id + 1, checked + 1
+        if (head.last_id, head.last_hash) != (last_id, prev_hash):
+            return VerifyReport(checked, ChainBreak(head.last_id, f"rows after {last_id} are missing (chain head)"))
+        beyond = session.exec(
+            select(PytorchInferenceLog.id).where(col(PytorchInferenceLog.id) > last_id).limit(1)
+        ).first()
+        if beyond is None:
+            return VerifyReport(checked, None)
+        moved = _read_head(session)
+        if moved.last_id == head.last_id:
+            return VerifyReport(checked, ChainBreak(beyond, "row is past the chain head: not part of the chain"))
+        head = moved

@@ -107,7 +107,10 @@ def finish_batches(
     ids = [job_id for batch in batches for job_id in batch.job_ids]
     ended = set(session.exec(select(Job.id).where(col(Job.id).in_(ids)).where(col(Job.status).in_(TERMINAL_STATUSES))))
     now = utcnow()
-    fresh = [(batch.model_id, s) for batch in batches for s in batch.successes if s.job_id not in ended]
+    # One row per job even if two deliveries of a job share this transaction.
+    fresh = list(
+        {s.job_id: (batch.model_id, s) for batch in batches for s in batch.successes if s.job_id not in ended}.values()
+    )
     if fresh:
         session.connection().execute(
             update(Job)

@@ -74,3 +74,21 @@ def test_verify_finds_truncated_tail(worker: object, samples: list[Path]) -> Non
         conn.execute(text("DELETE FROM pytorch_inference_logs WHERE id = :id"), {"id": ids[-1]})
     code, output = _verify()
     assert code == 1 and "missing" in output
+
+
+def test_verify_finds_a_row_past_the_chain_head(worker: object, samples: list[Path]) -> None:
+    ids = _run_jobs(samples, 3)
+    assert _verify()[0] == 0
+    # When a row is inserted behind the chain's back, past its head
+    with get_engine().begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO pytorch_inference_logs (id, model_id, user_id, input_hash, inference_time_ms, confidence,"
+                " result, created_at, job_id, batch_size, prev_hash, row_hash)"
+                " SELECT id + 100, model_id, user_id, input_hash, inference_time_ms, confidence, result, created_at,"
+                " 'forged', batch_size, prev_hash, row_hash FROM pytorch_inference_logs WHERE id = :id"
+            ),
+            {"id": ids[0]},
+        )
+    code, output = _verify()
+    assert code == 1 and "past the chain head" in output

@@ -365,3 +365,32 @@ def test_unmigrated_database_is_a_clear_error(env: str, samples: list[Path]) -> 
         submit_inference(samples[0].read_bytes(), DEMO)
     assert caught.value.code == "database_not_migrated"
     assert "onnxq db upgrade" in caught.value.message
+
+
+def test_queue_down_at_send_leaves_no_job_behind(migrated: str, samples: list[Path]) -> None:
+    # Given a Dramatiq actor whose broker points at a Redis that does not answer
+    import dramatiq
+    from dramatiq.brokers.redis import RedisBroker
+    from sqlmodel import Session, col, func, select
+
+    from onnxq.errors import OnnxqError
+    from schema.db import get_engine
+    from schema.tables import Job
+
+    dead = RedisBroker(url="redis://127.0.0.1:1/0", socket_connect_timeout=1)
+
+    @dramatiq.actor(broker=dead, queue_name="nowhere")
+    def nowhere(job_id: str) -> None:  # pragma: no cover - never runs
+        pass
+
+    # When a submission reaches the enqueue step and it fails
+    with pytest.raises(OnnxqError) as caught:
+        submit_inference(samples[0].read_bytes(), DEMO, user_id="u", idempotency_key="k-down", actor=nowhere)
+    assert caught.value.code == "service_unavailable"
+    # Then no job row is left, and the same key works once the queue is back
+    with Session(get_engine()) as session:
+        assert (
+            session.exec(select(func.count()).select_from(Job).where(col(Job.idempotency_key) == "k-down")).one() == 0
+        )
+    again = submit_inference(samples[0].read_bytes(), DEMO, user_id="u", idempotency_key="k-down")
+    assert not again.reused and again.status == "queued"

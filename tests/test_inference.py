@@ -46,3 +46,25 @@ def test_one_bad_tensor_fails_only_its_own_job(migrated: str, samples: list[Path
         got = np.array(list(view["result"]["probabilities"].values()), dtype=np.float32)
         np.testing.assert_allclose(got, expected, atol=1e-5)
     assert {row.job_id for row in audit_rows(ids)} == {ids[0], ids[2]}
+
+
+def test_non_finite_output_fails_only_that_job(migrated: str, samples: list[Path]) -> None:
+    ids = [submit_inference(path.read_bytes(), DEMO).job_id for path in samples[:2]]
+    runtime = Runtime()
+    try:
+        runner = next(iter(runtime.load_active()))
+        good = payloads.fetch(ids[0])
+        assert good is not None
+        tensor = preprocess(good.data, runner.config.input, **image_limits())
+        # An input of infinities drives the logits, and so the softmax, to NaN.
+        nan_input = np.full_like(tensor, np.inf)
+        items = [
+            Prepared(ids[0], None, good.input_hash, utcnow(), tensor, 1.0),
+            Prepared(ids[1], None, good.input_hash, utcnow(), nan_input, 1.0),
+        ]
+        outcomes = runner.run_batch(items)
+        outcomes[0].written.result(timeout=30)
+    finally:
+        runtime.stop()
+    assert [get_job(job_id)["status"] for job_id in ids] == ["succeeded", "failed"]
+    assert get_job(ids[1])["error"]["code"] == "inference_failed"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sqlmodel import Session, select
 
-from onnxq.errors import ModelChecksumMismatch
+from onnxq.errors import ModelChecksumMismatch, ModelFileMissing
 from onnxq.settings import get_settings
 from producer.client import submit_inference
 from schema import migrate
@@ -107,13 +107,15 @@ def test_tampered_model_file_is_refused_and_its_jobs_fail(model_dir: Path, sampl
     assert audit_rows([outcome.job_id]) == []
 
 
-def test_missing_model_file_is_refused(model_dir: Path) -> None:
+def test_missing_model_file_is_refused_as_retryable(model_dir: Path) -> None:
+    # A file missing on this host is the host's problem, not the job's: another worker may serve it.
     _sync(model_dir)
     model = _model(DEMO)
     (model_dir / model.file_path).unlink()
-    with pytest.raises(ModelChecksumMismatch) as caught:
+    with pytest.raises(ModelFileMissing) as caught:
         check_file(model, model_dir)
-    assert caught.value.code == "model_checksum_mismatch"
+    assert caught.value.code == "model_file_missing"
+    assert caught.value.retryable
 
 
 def test_resync_after_a_change_updates_the_registry(model_dir: Path) -> None:

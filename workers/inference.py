@@ -45,6 +45,13 @@ class Outcome:
     error: OnnxqError | None = None
 
 
+def _finite(probs: NDArray[np.float32]) -> NDArray[np.float32] | OnnxqError:
+    """The probabilities, or an error when the model produced NaN or infinity for this input."""
+    if np.isfinite(probs).all():
+        return probs
+    return InferenceFailed("The model produced no finite probabilities for this input.")
+
+
 class ModelRunner:
     """Serves one model version on one device: its session, its batcher, its batch writes."""
 
@@ -74,7 +81,7 @@ class ModelRunner:
         started = time.perf_counter()
         try:
             probs = self.loaded.run(np.stack([item.tensor for item in items]))
-            return list(probs), (time.perf_counter() - started) * 1000
+            return [_finite(p) for p in probs], (time.perf_counter() - started) * 1000
         except Exception as exc:
             if len(items) == 1:
                 return [InferenceFailed(f"The model failed on this input ({type(exc).__name__}).")], (
@@ -84,7 +91,7 @@ class ModelRunner:
         outputs: list[NDArray[np.float32] | OnnxqError] = []
         for item in items:
             try:
-                outputs.append(self.loaded.run(item.tensor[None])[0])
+                outputs.append(_finite(self.loaded.run(item.tensor[None])[0]))
             except Exception as exc:
                 outputs.append(InferenceFailed(f"The model failed on this input ({type(exc).__name__})."))
         return outputs, (time.perf_counter() - started) * 1000

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from onnxq.errors import InvalidModelConfig, ModelChecksumMismatch
+from onnxq.errors import InvalidModelConfig, ModelChecksumMismatch, ModelFileMissing
 from schema.tables import PytorchModel, utcnow
 from workers.modelconfig import ModelConfig, load_config
 
@@ -150,7 +150,7 @@ def check_file(model: PytorchModel, model_dir: Path) -> Path:
     """The model's file, refused when it is missing or its sha256 no longer matches the registry."""
     path = model_dir / model.file_path
     if not path.is_file():
-        raise ModelChecksumMismatch(f"{model.ref}: {path} does not exist on this host.")
+        raise ModelFileMissing(f"{model.ref}: {path} does not exist on this host.")
     actual = file_sha256(path)
     if actual != model.sha256:
         raise ModelChecksumMismatch(

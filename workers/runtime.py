@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 
+from pydantic import ValidationError
 from sqlmodel import Session
 
-from onnxq.errors import ModelInactive, UnknownModel
+from onnxq.errors import InvalidModelConfig, ModelInactive, UnknownModel
 from onnxq.settings import get_settings
 from schema.db import get_engine
 from schema.registry import active_models
@@ -54,7 +55,12 @@ class Runtime:
         assert model.id is not None
         settings = get_settings()
         path = check_file(model, settings.model_dir)
-        config = ModelConfig.model_validate(model.config)
+        try:
+            config = ModelConfig.model_validate(model.config)
+        except ValidationError as exc:
+            raise InvalidModelConfig(
+                f"{model.ref}: its registered configuration is invalid ({exc.errors()[0]['msg']})."
+            ) from exc
         loaded = load_session(path, config, ref=model.ref)
         runner = ModelRunner(model, config, loaded, self.writer)
         runner.start()
