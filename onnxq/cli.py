@@ -9,7 +9,7 @@ from onnxq.bench import bench
 from onnxq.demo import demo, up
 from onnxq.logs import configure as configure_logging
 from onnxq.settings import get_settings
-from producer.cli import status, submit
+from producer.cli import api, status, submit
 from schema.cli import audit_app, db_app
 from workers.cli import models_app, worker
 
@@ -41,3 +41,4 @@ app.command("worker")(worker)
 app.command("up")(up)
 app.command("demo")(demo)
 app.command("bench")(bench)
+app.command("api")(api)
