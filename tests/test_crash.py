@@ -129,18 +129,27 @@ def _consuming_worker(
     return process
 
 
+def _worker_under_load(
+    samples: list[Path], tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> tuple[dict[str, str], subprocess.Popen[bytes], Submitter, Path]:
+    """A consuming worker with jobs streaming through it and some already succeeded; returns its
+    environment, the process, the submitter and a log path for the worker that follows."""
+    env = worker_env(**FAST_REQUEUE)
+    first_log = tmp_path / "worker-1.log"
+    first = _consuming_worker(first_log, env, processes)
+    submitter = Submitter(samples, JOBS)
+    submitter.start()
+    _wait_some_succeeded(submitter, first, first_log)
+    return env, first, submitter, tmp_path / "worker-2.log"
+
+
 @pytest.mark.slow
 def test_sigkill_mid_batch_loses_nothing(
     migrated: str, samples: list[Path], tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    env = worker_env(**FAST_REQUEUE)
-    first_log, second_log = tmp_path / "worker-1.log", tmp_path / "worker-2.log"
-    # Given a worker process that consumes
-    first = _consuming_worker(first_log, env, processes)
-    # When jobs are streaming through it and it is SIGKILLed, children included
-    submitter = Submitter(samples, JOBS)
-    submitter.start()
-    _wait_some_succeeded(submitter, first, first_log)
+    # Given a worker process that consumes, with jobs streaming through it
+    env, first, submitter, second_log = _worker_under_load(samples, tmp_path, processes)
+    # When it is SIGKILLed, children included
     kill_process_group(first)
     assert first.returncode == -signal.SIGKILL
     # (messages it had fetched and not acknowledged died with it: they must be redelivered)
@@ -158,12 +167,8 @@ def test_sigkill_mid_batch_loses_nothing(
 def test_sigterm_finishes_the_batch_in_hand(
     migrated: str, samples: list[Path], tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    env = worker_env(**FAST_REQUEUE)
-    first_log, second_log = tmp_path / "worker-1.log", tmp_path / "worker-2.log"
-    first = _consuming_worker(first_log, env, processes)
-    submitter = Submitter(samples, JOBS)
-    submitter.start()
-    _wait_some_succeeded(submitter, first, first_log)
+    env, first, submitter, second_log = _worker_under_load(samples, tmp_path, processes)
+    first_log = tmp_path / "worker-1.log"
     # When the worker's main process alone gets SIGTERM (it forwards it to its children)
     first.send_signal(signal.SIGTERM)
     try:
