@@ -9,7 +9,8 @@ from onnxq.bench import bench
 from onnxq.demo import demo, up
 from onnxq.logs import configure as configure_logging
 from onnxq.settings import get_settings
-from producer.cli import api, status, submit
+from producer.cli import status, submit
+from producer.web.cli import api, keys_app
 from schema.cli import audit_app, db_app
 from workers.cli import models_app, worker
 
@@ -35,6 +36,7 @@ def _main() -> None:
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
 app.command("submit")(submit)
 app.command("status")(status)
 app.command("worker")(worker)

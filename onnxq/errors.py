@@ -103,3 +103,28 @@ class IdempotencyConflict(PermanentError):
 
 class DatabaseNotReady(PermanentError):
     code = "database_not_migrated"
+
+
+class UnknownLabel(PermanentError):
+    code = "unknown_label"
+
+
+# Access and load errors (the HTTP edge).
+class Unauthorized(PermanentError):
+    code = "unauthorized"
+
+
+class KeyRevoked(PermanentError):
+    code = "key_revoked"
+
+
+class KeyExists(PermanentError):
+    code = "key_exists"
+
+
+class Overloaded(RetryableError):
+    """Too much work in hand: the caller should wait `retry_after_s` and try again."""
+
+    def __init__(self, message: str, *, code: str, retry_after_s: int) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s

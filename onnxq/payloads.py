@@ -35,6 +35,7 @@ class Payload:
     input_hash: str
     created_at: datetime
     data: bytes
+    api_key_name: str | None = None
 
 
 def put(payload: Payload, ttl_s: int) -> None:
@@ -45,6 +46,7 @@ def put(payload: Payload, ttl_s: int) -> None:
         "input_hash": payload.input_hash,
         "created_at": payload.created_at.isoformat(),
         "data": payload.data,
+        "api_key_name": payload.api_key_name or "",
     }
     key = payload_key(payload.job_id)
     with get_redis().pipeline(transaction=True) as pipe:
@@ -65,6 +67,8 @@ def fetch(job_id: str) -> Payload | None:
         input_hash=raw[b"input_hash"].decode(),
         created_at=datetime.fromisoformat(raw[b"created_at"].decode()),
         data=raw[b"data"],
+        # Absent from payloads stored before the field existed.
+        api_key_name=raw.get(b"api_key_name", b"").decode() or None,
     )
 
 

@@ -38,6 +38,17 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
     min_image_side_px: int = 8
 
+    # The web process (`onnxq api`).
+    api_host: str = "127.0.0.1"
+    # API keys are required unless this is off, which is allowed only on a loopback bind.
+    api_auth: bool = True
+    rate_limit_per_minute: int = 600  # requests per API key per minute, across web processes; 0 = none
+    max_queue_depth: int = 10_000  # queued inference messages past which new jobs get 429; 0 = none
+    max_batch_images: int = 32  # images per POST /v1/jobs/inference:batch
+    max_batch_request_bytes: int = 64 * MiB
+    body_idle_timeout_s: float = 30.0  # a request body that stalls this long gets 408
+    sync_wait_s: float = 30.0  # how long POST /api/pytorch/inference waits before answering 202
+
     # Batching defaults for models whose model.toml says nothing.
     default_max_batch_size: int = 16
     default_max_wait_ms: float = 5.0

@@ -133,13 +133,3 @@ def status(
         for label, p in view["result"]["probabilities"].items():
             typer.echo(f"  {label}: {p:.4f}")
         typer.echo(f"  timings_ms: {view['result']['timings_ms']}")
-
-
-def api(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 to serve other hosts."),
-    port: int | None = typer.Option(None, "--port", help="Port to bind; default $PORT (8000)."),
-) -> None:
-    """Run the HTTP API (uvicorn) on the producer's code."""
-    import uvicorn
-
-    uvicorn.run("producer.api:create_app", factory=True, host=host, port=port or get_settings().port)

@@ -19,8 +19,17 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Session, col, select
 
 from onnxq import payloads
-from onnxq.errors import DatabaseNotReady, IdempotencyConflict, JobNotFound, OnnxqError, RetryableError
+from onnxq.errors import (
+    DatabaseNotReady,
+    IdempotencyConflict,
+    JobNotFound,
+    OnnxqError,
+    Overloaded,
+    RetryableError,
+    UnknownLabel,
+)
 from onnxq.images import image_limits, inspect_image
+from onnxq.payloads import get_redis
 from onnxq.settings import get_settings
 from schema.audit import input_hash
 from schema.db import get_engine, session_scope
@@ -32,6 +41,7 @@ WAIT_POLL_S = 0.05
 # Registry lookups are cached this long per process: a model switched off stops taking jobs
 # within this time, and a busy producer saves a query per job.
 MODEL_CACHE_TTL_S = 5.0
+QUEUE_FULL_RETRY_AFTER_S = 5
 _model_cache: dict[str, tuple[float, PytorchModel]] = {}
 
 
@@ -75,14 +85,17 @@ def submit_inference(
     *,
     user_id: str | None = None,
     idempotency_key: str | None = None,
+    api_key_name: str | None = None,
     actor: Sender | None = None,
+    check_depth: bool = True,
 ) -> SubmitOutcome:
     """Validate an image cheaply, record the job, store its payload and enqueue it.
 
     Raises a `PermanentError` (with a stable code) for bad input or an unknown/inactive model,
-    before anything is enqueued; `RetryableError` when Redis or the database is down. `actor` is
-    the Dramatiq actor that runs the job (the micro-batched `run_inference` unless a benchmark
-    says otherwise).
+    before anything is enqueued; `RetryableError` when Redis or the database is down, or
+    `queue_full` when more than `ONNXQ_MAX_QUEUE_DEPTH` jobs wait (skip that check with
+    `check_depth=False` when the caller just made it). `actor` is the Dramatiq actor that runs
+    the job (the micro-batched `run_inference` unless a benchmark says otherwise).
     """
     if actor is None:
         from workers.actors import run_inference  # imports the broker; kept out of module import
@@ -95,6 +108,8 @@ def submit_inference(
     try:
         registered = cached_model(model)
         assert registered.id is not None
+        if check_depth:
+            check_queue_depth()
         if scope is not None:
             with Session(get_engine()) as session:
                 existing = find_by_scope(session, scope)
@@ -108,10 +123,11 @@ def submit_inference(
             input_hash=digest,
             idempotency_key=idempotency_key,
             idempotency_scope=scope,
+            api_key_name=api_key_name,
             created_at=utcnow(),
         )
         payloads.put(
-            payloads.Payload(job.id, registered.id, user_id, job.input_hash or "", job.created_at, data),
+            payloads.Payload(job.id, registered.id, user_id, job.input_hash or "", job.created_at, data, api_key_name),
             settings.payload_ttl_s,
         )
         try:
@@ -141,6 +157,30 @@ def submit_inference(
         raise RetryableError("The queue (Redis) is unavailable; try again shortly.") from exc
     except (OperationalError, ProgrammingError) as exc:
         raise database_error(exc) from exc
+
+
+def check_queue_depth() -> None:
+    """`queue_full` (with a `Retry-After`) when more inference messages wait than
+    `ONNXQ_MAX_QUEUE_DEPTH`: new work is refused before its image is put in Redis."""
+    settings = get_settings()
+    if settings.max_queue_depth <= 0:
+        return
+    try:
+        depth = queue_depth()
+    except redis.RedisError as exc:
+        raise RetryableError("The queue (Redis) is unavailable; try again shortly.") from exc
+    if depth >= settings.max_queue_depth:
+        raise Overloaded(
+            f"The queue holds {depth} jobs (limit {settings.max_queue_depth}); retry shortly.",
+            code="queue_full",
+            retry_after_s=QUEUE_FULL_RETRY_AFTER_S,
+        )
+
+
+def queue_depth(queue: str = "inference") -> int:
+    """Messages waiting in a Dramatiq queue (not yet taken by a worker)."""
+    settings = get_settings()
+    return int(get_redis().llen(f"{settings.redis_namespace}-dramatiq:{queue}"))
 
 
 def _reuse(existing: Job, model: PytorchModel, digest: str) -> SubmitOutcome:
@@ -181,6 +221,32 @@ def match_job_prefix(prefix: str) -> str:
             f"No job id starts with {prefix!r}." if not found else f"Several job ids start with {prefix!r}; give more."
         )
     return found[0]
+
+
+def record_feedback(job_id: str, label: str, *, api_key_name: str | None = None) -> dict[str, Any]:
+    """Store the ground truth for a job; `unknown_label` unless it is one of the model's labels.
+    Returns what was recorded, with whether the job's prediction matched."""
+    try:
+        with session_scope() as session:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job is None:
+                raise JobNotFound(f"No job has id {job_id!r}.")
+            model = session.get(PytorchModel, job.model_id) if job.model_id is not None else None
+            if model is None or label not in model.labels:
+                known = ", ".join(model.labels) if model is not None else "none"
+                raise UnknownLabel(f"{label!r} is not a label of this job's model (labels: {known}).")
+            job.feedback_label = label
+            job.feedback_at = utcnow()
+            session.add(job)
+            prediction = (job.result or {}).get("prediction")
+    except (OperationalError, ProgrammingError) as exc:
+        raise database_error(exc) from exc
+    return {
+        "job_id": job_id,
+        "label": label,
+        "prediction": prediction,
+        "correct": None if prediction is None else prediction == label,
+    }
 
 
 def get_job(job_id: str) -> dict[str, Any]:

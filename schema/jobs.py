@@ -75,6 +75,7 @@ class Success:
     inference_ms: float
     batch_size: int
     started_at: datetime
+    api_key_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ def finish_batches(
                 "created_at": now,
                 "job_id": s.job_id,
                 "batch_size": s.batch_size,
+                "api_key_name": s.api_key_name,
             }
             for model_id, s in fresh
         ]

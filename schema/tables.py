@@ -10,7 +10,7 @@ import enum
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -85,6 +85,11 @@ class Job(SQLModel, table=True):
     result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     error_code: str | None = Field(default=None, max_length=50)
     error_message: str | None = Field(default=None, max_length=1000)
+    # The API key that submitted the job (None from the CLI, the Python API, or with auth off).
+    api_key_name: str | None = Field(default=None, max_length=100)
+    # Ground truth sent back by the caller (POST /v1/jobs/{id}/feedback), for accuracy.
+    feedback_label: str | None = Field(default=None, max_length=200)
+    feedback_at: datetime | None = None
 
 
 class PytorchInferenceLog(SQLModel, table=True):
@@ -104,8 +109,32 @@ class PytorchInferenceLog(SQLModel, table=True):
     # onnxq's additions.
     job_id: str = Field(max_length=32, unique=True)
     batch_size: int
+    api_key_name: str | None = Field(default=None, max_length=100)
     prev_hash: str = Field(max_length=64)
     row_hash: str = Field(max_length=64)
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key of the web process: only its SHA-256 is stored; the key is shown once."""
+
+    __tablename__ = "api_keys"
+    # One active key per name; revoked keys keep their row (and their name) for the record.
+    __table_args__ = (
+        Index(
+            "uq_api_keys_active_name",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100)
+    key_hash: str = Field(max_length=64, unique=True)
+    prefix: str = Field(max_length=16)  # the key's first characters, to tell keys apart in lists
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
 
 
 class AuditChainHead(SQLModel, table=True):

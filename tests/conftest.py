@@ -89,9 +89,11 @@ def _reset_caches() -> None:
     from onnxq.payloads import get_redis
     from onnxq.settings import get_settings
     from producer.client import clear_model_cache
+    from producer.keys import clear_key_cache
     from schema.db import get_engine
 
     clear_model_cache()
+    clear_key_cache()
     get_settings.cache_clear()
     get_engine().dispose()
     get_engine.cache_clear()

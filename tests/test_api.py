@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from producer.api import create_app
+from producer.keys import create_key
+from producer.web.app import create_app
 from tests.corpus import corpus
 from tests.helpers import DEMO, wait_all
 
 
 @pytest.fixture()
 def client(migrated: str) -> Iterator[TestClient]:
-    with TestClient(create_app()) as test_client:
+    key = create_key("tests").secret
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {key}"}) as test_client:
         yield test_client
 
 

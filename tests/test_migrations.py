@@ -9,7 +9,7 @@ from onnxq.cli import app
 from schema import migrate
 from schema.db import get_engine
 
-TABLES = {"pytorch_models", "pytorch_inference_logs", "pytorch_ab_tests", "pytorch_model_metrics", "jobs"}
+TABLES = {"pytorch_models", "pytorch_inference_logs", "pytorch_ab_tests", "pytorch_model_metrics", "jobs", "api_keys"}
 runner = CliRunner()
 
 

@@ -94,4 +94,6 @@ def prepare(job_id: str) -> tuple[ModelRunner, Prepared] | None:
     except PermanentError as error:
         _fail(job_id, error)
         return None
-    return runner, Prepared(job_id, payload.user_id, payload.input_hash, picked_at, tensor, preprocessing_ms)
+    return runner, Prepared(
+        job_id, payload.user_id, payload.input_hash, picked_at, tensor, preprocessing_ms, payload.api_key_name
+    )

@@ -34,6 +34,7 @@ class Prepared:
     picked_at: datetime
     tensor: NDArray[np.float32]
     preprocessing_ms: float
+    api_key_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class ModelRunner:
         return Success(
             job_id=item.job_id,
             user_id=item.user_id,
+            api_key_name=item.api_key_name,
             input_hash=item.input_hash,
             result=result,
             confidence=confidence,

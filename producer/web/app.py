@@ -1,0 +1,36 @@
+"""The ASGI application (uvicorn factory: `producer.web.app:create_app`)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from onnxq import __version__
+from onnxq.errors import OnnxqError
+from onnxq.settings import get_settings
+from producer.web import jobs, system
+from producer.web.bodies import JSON_OVERHEAD_BYTES
+from producer.web.errors import http_exception_handler, onnxq_error_handler, validation_error_handler
+from producer.web.limits import BodyLimit
+
+
+def create_app() -> FastAPI:
+    """Build the web application: every router, the error handlers."""
+    app = FastAPI(
+        title="onnxq",
+        version=__version__,
+        description="Queue-driven ONNX inference jobs: submit images, poll results by job id.",
+    )
+    app.add_exception_handler(OnnxqError, onnxq_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_exception_handler)
+    settings = get_settings()
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_batch_request_bytes + JSON_OVERHEAD_BYTES,
+        idle_timeout_s=settings.body_idle_timeout_s,
+    )
+    app.include_router(jobs.router)
+    app.include_router(system.router)
+    return app

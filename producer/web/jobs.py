@@ -1,0 +1,158 @@
+"""The job API: submit images (one or a batch), read a job, record its ground truth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from onnxq.errors import OnnxqError
+from onnxq.settings import get_settings
+from producer.client import cached_model, check_queue_depth, get_job, record_feedback, submit_inference
+from producer.web.auth import Caller, require_key
+from producer.web.bodies import (
+    JSON_OVERHEAD_BYTES,
+    MULTIPART_SCHEMA,
+    InferenceRequest,
+    decode_image,
+    parse_json,
+    parse_submission,
+)
+from producer.web.errors import ErrorDetail, responses
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+class Accepted(BaseModel):
+    """A job accepted for processing."""
+
+    job_id: str
+    status: str
+
+
+class BatchImage(BaseModel):
+    image: str = Field(description="The image, base64-encoded or as a data URL", min_length=1)
+    idempotency_key: str | None = Field(default=None, max_length=200)
+
+
+class BatchRequest(BaseModel):
+    """Several images for one model in one request."""
+
+    model: str = Field(description="NAME or NAME@VERSION", min_length=1, max_length=260)
+    images: list[BatchImage] = Field(min_length=1, description="At most ONNXQ_MAX_BATCH_IMAGES (default 32)")
+    user_id: str | None = Field(default=None, max_length=200)
+
+
+class BatchEntry(BaseModel):
+    """One image of a batch request: its job, or why it was refused."""
+
+    index: int
+    job_id: str | None = None
+    status: str | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchAccepted(BaseModel):
+    jobs: list[BatchEntry]
+
+
+class Feedback(BaseModel):
+    label: str = Field(min_length=1, max_length=200, description="The true label: one of the model's labels")
+
+
+class FeedbackRecorded(BaseModel):
+    job_id: str
+    label: str
+    prediction: str | None = Field(description="What the model said, once the job succeeded")
+    correct: bool | None
+
+
+SUBMIT_ERRORS = responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+
+
+@router.post(
+    "/inference",
+    status_code=202,
+    responses=SUBMIT_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": InferenceRequest.model_json_schema()},
+                "multipart/form-data": {"schema": MULTIPART_SCHEMA},
+            },
+        }
+    },
+)
+async def submit(request: Request, response: Response, caller: Caller = Depends(require_key)) -> Accepted:
+    """Submit one image for classification, as JSON (base64 or data URL) or as
+    multipart/form-data (`file`, `model`, `user_id`, `idempotency_key`); poll the job at the
+    `Location` it answers with."""
+    body, data = await parse_submission(request, get_settings().max_image_bytes)
+    outcome = await run_in_threadpool(
+        submit_inference,
+        data,
+        body.model,
+        user_id=body.user_id,
+        idempotency_key=body.idempotency_key,
+        api_key_name=caller.key_name,
+    )
+    response.headers["Location"] = f"/v1/jobs/{outcome.job_id}"
+    return Accepted(job_id=outcome.job_id, status=outcome.status)
+
+
+@router.post(
+    "/inference:batch",
+    status_code=202,
+    responses=SUBMIT_ERRORS,
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": BatchRequest.model_json_schema()}}}
+    },
+)
+async def submit_batch(request: Request, caller: Caller = Depends(require_key)) -> BatchAccepted:
+    """Submit several images for one model. Entries come back in order, one per image; a bad
+    image gets its own error entry and does not sink the others."""
+    settings = get_settings()
+    body = await parse_json(request, BatchRequest, settings.max_batch_request_bytes + JSON_OVERHEAD_BYTES)
+    if len(body.images) > settings.max_batch_images:
+        raise OnnxqError(
+            f"images: at most {settings.max_batch_images} images per batch request (got {len(body.images)}).",
+            code="validation_error",
+        )
+    # Whole-request refusals first: an unknown model or a full queue fails every image alike.
+    await run_in_threadpool(cached_model, body.model)
+    await run_in_threadpool(check_queue_depth)
+    entries = []
+    for index, item in enumerate(body.images):
+        try:
+            data = decode_image(item.image, settings.max_image_bytes)
+            outcome = await run_in_threadpool(
+                submit_inference,
+                data,
+                body.model,
+                user_id=body.user_id,
+                idempotency_key=item.idempotency_key,
+                api_key_name=caller.key_name,
+                check_depth=False,
+            )
+        except OnnxqError as exc:
+            entries.append(BatchEntry(index=index, error=ErrorDetail(**exc.as_dict())))
+        else:
+            entries.append(BatchEntry(index=index, job_id=outcome.job_id, status=outcome.status))
+    return BatchAccepted(jobs=entries)
+
+
+@router.get("/{job_id}", responses=responses(401, 403, 404, 429, 503))
+def read_job(job_id: str, _caller: Caller = Depends(require_key)) -> dict[str, Any]:
+    """The job: status, result or error (404 for an id onnxq never accepted)."""
+    return get_job(job_id)
+
+
+@router.post("/{job_id}/feedback", responses=responses(400, 401, 403, 404, 413, 422, 429, 503))
+def feedback(job_id: str, body: Feedback, caller: Caller = Depends(require_key)) -> FeedbackRecorded:
+    """Record the ground truth for a job (one of its model's labels); it feeds accuracy in the
+    daily metrics and A/B tests. Sending it again replaces it."""
+    recorded = record_feedback(job_id, body.label, api_key_name=caller.key_name)
+    return FeedbackRecorded(**recorded)
