@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -10,9 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from onnxq.errors import OnnxqError
 from onnxq.settings import get_settings
-from onnxq.stack import running_stack
+from onnxq.stack import StackError, free_port, running_stack
 
 DEMO_MODEL = "chest-xray-classifier-demo"
 out = Console(width=None if Console().is_terminal else 110)
@@ -21,29 +21,38 @@ err = Console(stderr=True)
 
 def up() -> None:
     """Run the whole stack in one process tree (embedded Redis unless REDIS_URL is set, SQLite
-    unless DATABASE_URL is set); Ctrl-C or SIGTERM stops it cleanly."""
+    unless DATABASE_URL is set, the HTTP API on 127.0.0.1:$PORT); Ctrl-C or SIGTERM stops it
+    cleanly."""
     stop = threading.Event()
     # Both signals handled explicitly: a shell starting `onnxq up &` from a script makes the
     # process ignore SIGINT by default.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with running_stack():
-        settings = get_settings()
-        err.print(
-            f"onnxq is up: queue {settings.redis_url}, database {settings.database_url}. Ctrl-C (or SIGTERM) stops it."
-        )
-        stop.wait()
-        err.print("stopping: workers finish the batches in hand…")
+    try:
+        with running_stack() as stack:
+            settings = get_settings()
+            err.print(
+                f"onnxq is up: API {stack.url} (docs {stack.url}/docs), queue {settings.redis_url}, "
+                f"database {settings.database_url}.\n"
+                "Get an API key in another terminal with `onnxq keys create NAME`. Ctrl-C (or SIGTERM) stops it.",
+                soft_wrap=True,
+            )
+            stop.wait()
+            err.print("stopping: workers finish the batches in hand…")
+    except StackError as exc:
+        err.print(f"[red]onnxq up: {exc}[/red]", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def demo(
     samples: Path = typer.Option(Path("samples"), help="Directory of images to classify."),
     model: str = typer.Option(DEMO_MODEL, help="NAME or NAME@VERSION."),
 ) -> None:
-    """Start the embedded stack, classify the sample images, print the results, stop."""
+    """Start the embedded stack, classify the sample images over HTTP, print the results, stop."""
     from sqlmodel import Session
 
-    from producer.client import submit_inference, wait_for_jobs
+    from producer.http_client import ClientError, OnnxqClient
+    from producer.keys import create_key
     from schema.audit import verify_chain
     from schema.db import get_engine
 
@@ -51,16 +60,27 @@ def demo(
     if not files:
         err.print(f"[red]no sample images in {samples}[/red]")
         raise typer.Exit(1)
-    with running_stack():
-        accepted: dict[str, str] = {}
-        refused: dict[str, str] = {}
-        for path in files:
-            try:
-                accepted[path.name] = submit_inference(path.read_bytes(), model, user_id="demo").job_id
-            except OnnxqError as exc:
-                refused[path.name] = f"{exc.code}: {exc.message}"
-        err.print(f"submitted {len(accepted)} jobs; waiting for the worker…")
-        views = wait_for_jobs(accepted.values(), timeout_s=120)
+    # httpx logs every request at INFO; the web process's own log (demo-web.log) has them.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # A port of its own: the demo's web process lives only for this run, and a fixed port could
+    # be held by an `onnxq up` (or anything else) on this machine.
+    try:
+        with running_stack(port=free_port(), web_log=get_settings().data_dir / "demo-web.log") as stack:
+            # Rotated on every run: the key is used here and never shown.
+            key = create_key("demo", replace=True).secret
+            accepted: dict[str, str] = {}
+            refused: dict[str, str] = {}
+            with OnnxqClient(stack.url, api_key=key) as client:
+                for path in files:
+                    try:
+                        accepted[path.name] = client.submit(path, model, user_id="demo")
+                    except ClientError as exc:
+                        refused[path.name] = f"{exc.code}: {exc.message}"
+                err.print(f"submitted {len(accepted)} jobs to {stack.url}; waiting for the worker…")
+                views = client.wait(accepted.values(), timeout_s=120)
+    except (StackError, ClientError) as exc:
+        err.print(f"[red]onnxq demo: {exc}[/red]", soft_wrap=True)
+        raise typer.Exit(1) from None
     table = Table("file", "job", "status", "prediction", "conf.", "batch", "total ms")
     for name, job_id in accepted.items():
         view = views[job_id]

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     # API keys are required unless this is off, which is allowed only on a loopback bind.
     api_auth: bool = True
-    rate_limit_per_minute: int = 600  # requests per API key per minute, across web processes; 0 = none
+    rate_limit_per_minute: int = 1200  # requests per API key per minute, across web processes; 0 = none
     max_queue_depth: int = 10_000  # queued inference messages past which new jobs get 429; 0 = none
     max_batch_images: int = 32  # images per POST /v1/jobs/inference:batch
     max_batch_request_bytes: int = 64 * MiB
@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     # Worker.
     worker_processes: int = 1
     worker_threads: int | None = None  # default: 4x the largest max_batch_size of the active models
+    worker_metrics_port: int = 9191  # Prometheus exposition of every worker process's metrics; 0 = off
     job_max_retries: int = 5
     job_min_backoff_ms: int = 500
     job_max_backoff_ms: int = 60_000

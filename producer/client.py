@@ -102,6 +102,7 @@ def submit_inference(
 
         actor = run_inference
     settings = get_settings()
+    check_text(model=model, user_id=user_id, idempotency_key=idempotency_key)
     inspect_image(data, **image_limits())
     scope = idempotency_scope(user_id, idempotency_key) if idempotency_key else None
     digest = input_hash(settings.audit_key_bytes(), data)
@@ -157,6 +158,21 @@ def submit_inference(
         raise RetryableError("The queue (Redis) is unavailable; try again shortly.") from exc
     except (OperationalError, ProgrammingError) as exc:
         raise database_error(exc) from exc
+
+
+TEXT_LIMITS = {"model": 260, "user_id": 200, "idempotency_key": 200}
+
+
+def check_text(**fields: str | None) -> None:
+    """`validation_error` for an identifier the database cannot store as given: too long, or
+    holding a NUL character (PostgreSQL text cannot)."""
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if "\x00" in value:
+            raise OnnxqError(f"{name}: must not contain NUL characters.", code="validation_error")
+        if len(value) > TEXT_LIMITS[name]:
+            raise OnnxqError(f"{name}: at most {TEXT_LIMITS[name]} characters.", code="validation_error")
 
 
 def check_queue_depth() -> None:

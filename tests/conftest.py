@@ -82,6 +82,8 @@ os.environ["ONNXQ_REDIS_NAMESPACE"] = f"onnxq-test-{os.getpid()}"
 os.environ["ONNXQ_JOB_MIN_BACKOFF_MS"] = "100"
 os.environ["ONNXQ_JOB_MAX_BACKOFF_MS"] = "1000"
 os.environ["ONNXQ_JOB_MAX_RETRIES"] = "3"
+# Off: test workers would fight over one port; tests/test_metrics.py turns it on, on a free port.
+os.environ["ONNXQ_WORKER_METRICS_PORT"] = "0"
 os.environ.pop("DATABASE_URL", None)
 
 

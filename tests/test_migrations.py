@@ -45,3 +45,18 @@ def test_seed_columns_exist(env: str) -> None:
             "accuracy"} <= columns["pytorch_model_metrics"]  # fmt: skip
     assert {"id", "kind", "status", "model_id", "user_id", "input_hash", "created_at", "started_at", "finished_at",
             "result", "error_code", "error_message"} <= columns["jobs"]  # fmt: skip
+
+
+def test_migrations_match_the_models(env: str) -> None:
+    """What `alembic upgrade head` builds is what the SQLModel tables declare (no drift)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    import schema.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+    migrate.upgrade()
+    with get_engine().connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": False})
+        diff = compare_metadata(context, SQLModel.metadata)
+    assert diff == []

@@ -9,7 +9,7 @@ from typing import Any
 
 import dramatiq
 
-from onnxq import payloads
+from onnxq import notify, payloads
 from onnxq.errors import OnnxqError, PayloadMissing, PermanentError, RetriesExhausted
 from onnxq.images import image_limits
 from onnxq.settings import get_settings
@@ -29,6 +29,7 @@ def _fail(job_id: str, error: OnnxqError) -> None:
     with session_scope() as session:
         fail_job(session, job_id, error)
     payloads.delete(job_id)
+    notify.publish_ended([job_id])
     log.info("job %s failed: %s", job_id, error.code)
 
 
@@ -95,5 +96,12 @@ def prepare(job_id: str) -> tuple[ModelRunner, Prepared] | None:
         _fail(job_id, error)
         return None
     return runner, Prepared(
-        job_id, payload.user_id, payload.input_hash, picked_at, tensor, preprocessing_ms, payload.api_key_name
+        job_id,
+        payload.user_id,
+        payload.input_hash,
+        picked_at,
+        tensor,
+        preprocessing_ms,
+        payload.api_key_name,
+        created_at=payload.created_at,
     )

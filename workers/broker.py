@@ -9,6 +9,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 from onnxq.settings import get_settings
+from workers.metrics import prometheus_middleware
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ def build_broker() -> RedisBroker:
         heartbeat_timeout=settings.redis_heartbeat_timeout_ms,
         maintenance_chance=settings.redis_maintenance_chance,
     )
+    if settings.worker_metrics_port:
+        # Before ModelsMiddleware: its boot hook points prometheus-client at the shared directory
+        # before the models load and record anything.
+        broker.add_middleware(prometheus_middleware(settings))
     broker.add_middleware(ModelsMiddleware())
     return broker
 

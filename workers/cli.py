@@ -13,6 +13,7 @@ from onnxq.settings import get_settings
 from schema.db import get_engine, session_scope
 from schema.registry import active_models
 from schema.tables import PytorchModel
+from workers.metrics import clear_metrics_dir
 from workers.repository import sync
 
 models_app = typer.Typer(help="The model repository and registry.", no_args_is_help=True)
@@ -92,6 +93,8 @@ def worker(
 
     settings = get_settings()
     threads = threads or default_threads()
+    if settings.worker_metrics_port:
+        clear_metrics_dir(settings)
     # The children are forked: they must not inherit this process's database connections.
     get_engine().dispose()
     get_engine.cache_clear()

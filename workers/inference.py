@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from onnxq.errors import InferenceFailed, OnnxqError
 from schema.jobs import BatchOutcome, Success
 from schema.tables import PytorchModel
+from workers import metrics
 from workers.batcher import MicroBatcher
 from workers.modelconfig import ModelConfig
 from workers.sessions import LoadedSession
@@ -35,6 +36,7 @@ class Prepared:
     tensor: NDArray[np.float32]
     preprocessing_ms: float
     api_key_name: str | None = None
+    created_at: datetime | None = None  # when the producer accepted the job
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class ModelRunner:
         """
         self.writer.mark_running({item.job_id: item.picked_at for item in items})
         outputs, run_ms = self.infer(items)
+        metrics.observe_batch(self.model.ref, run_ms / 1000, [(item.created_at, item.picked_at) for item in items])
         successes: list[Success] = []
         failures: list[tuple[str, OnnxqError]] = []
         for item, output in zip(items, outputs, strict=True):
@@ -138,4 +141,5 @@ class ModelRunner:
                 successes.append(self.result_for(output, item, len(items), run_ms))
         written = self.writer.finish(BatchOutcome(self.model_id, successes, failures))
         errors = dict(failures)
+        metrics.observe_written(self.model.ref, written, {item.job_id: item.created_at for item in items}, set(errors))
         return [Outcome(item.job_id, written, errors.get(item.job_id)) for item in items]

@@ -15,7 +15,7 @@ from datetime import datetime
 
 import redis
 
-from onnxq import payloads
+from onnxq import notify, payloads
 from schema.audit import lock_chain
 from schema.db import session_scope
 from schema.jobs import BatchOutcome, finish_batches, mark_running
@@ -79,6 +79,7 @@ class BatchWriter:
         except redis.RedisError:
             # The jobs are committed; their payloads expire on their TTL instead.
             log.warning("could not delete %d payloads of ended jobs; they will expire", len(done))
+        notify.publish_ended(done)
         return [ended if w.finished is not None else set() for w in writes]
 
     @staticmethod

@@ -9,10 +9,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from onnxq import __version__
 from onnxq.errors import OnnxqError
 from onnxq.settings import get_settings
-from producer.web import jobs, system
+from producer.web import jobs, metrics, seed, system
 from producer.web.bodies import JSON_OVERHEAD_BYTES
-from producer.web.errors import http_exception_handler, onnxq_error_handler, validation_error_handler
+from producer.web.errors import (
+    http_exception_handler,
+    internal_error_handler,
+    onnxq_error_handler,
+    validation_error_handler,
+)
 from producer.web.limits import BodyLimit
+from producer.web.waiter import lifespan
 
 
 def create_app() -> FastAPI:
@@ -21,16 +27,22 @@ def create_app() -> FastAPI:
         title="onnxq",
         version=__version__,
         description="Queue-driven ONNX inference jobs: submit images, poll results by job id.",
+        lifespan=lifespan,
     )
     app.add_exception_handler(OnnxqError, onnxq_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)
+    app.add_exception_handler(Exception, internal_error_handler)
     settings = get_settings()
     app.add_middleware(
         BodyLimit,
         max_bytes=settings.max_batch_request_bytes + JSON_OVERHEAD_BYTES,
         idle_timeout_s=settings.body_idle_timeout_s,
     )
+    # Added last, so outermost: it also counts the requests BodyLimit refuses.
+    app.add_middleware(metrics.RequestMetrics)
     app.include_router(jobs.router)
     app.include_router(system.router)
+    app.include_router(seed.router)
+    app.include_router(metrics.router)
     return app

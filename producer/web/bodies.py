@@ -13,16 +13,19 @@ from starlette.datastructures import UploadFile
 from onnxq.errors import InputTooLarge, OnnxqError
 
 JSON_OVERHEAD_BYTES = 64 * 1024  # room for the other JSON fields around a base64 image
+# PostgreSQL text cannot hold NUL characters: refusing them at the edge (422) keeps both
+# databases alike instead of failing inside PostgreSQL.
+NO_NUL = r"^[^\x00]*$"
 T = TypeVar("T", bound=BaseModel)
 
 
 class InferenceRequest(BaseModel):
     """A JSON inference request: the image as base64 or a `data:` URL."""
 
-    model: str = Field(description="NAME or NAME@VERSION", min_length=1, max_length=260)
+    model: str = Field(description="NAME or NAME@VERSION", min_length=1, max_length=260, pattern=NO_NUL)
     image: str = Field(description="The image, base64-encoded or as a data URL", min_length=1)
-    user_id: str | None = Field(default=None, max_length=200)
-    idempotency_key: str | None = Field(default=None, max_length=200)
+    user_id: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
+    idempotency_key: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
 
 
 MULTIPART_SCHEMA: dict[str, Any] = {
@@ -30,11 +33,36 @@ MULTIPART_SCHEMA: dict[str, Any] = {
     "required": ["file", "model"],
     "properties": {
         "file": {"type": "string", "format": "binary"},
-        "model": {"type": "string", "description": "NAME or NAME@VERSION"},
-        "user_id": {"type": "string"},
-        "idempotency_key": {"type": "string"},
+        "model": {
+            "type": "string",
+            "description": "NAME or NAME@VERSION",
+            "minLength": 1,
+            "maxLength": 260,
+            "pattern": NO_NUL,
+        },
+        "user_id": {"type": "string", "maxLength": 200, "pattern": NO_NUL},
+        "idempotency_key": {"type": "string", "maxLength": 200, "pattern": NO_NUL},
     },
 }
+
+
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON schema with nested models written in place, for a hand-declared OpenAPI
+    request body: pydantic's `#/$defs/...` references would resolve against the document's
+    root, where nothing is defined."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rpartition("/")[2]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return dict(inline(schema))
 
 
 def base64_length(max_bytes: int) -> int:

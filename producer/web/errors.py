@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import Request
@@ -31,7 +32,12 @@ STATUS_BY_CODE = {
     "image_too_many_pixels": 422,
     "image_too_small": 422,
     "image_decode_failed": 422,
-    "request_timeout": 408,
+    # How an accepted job can end (the synchronous endpoint answers with its job's error).
+    "inference_failed": 422,
+    "payload_missing": 500,
+    "model_checksum_mismatch": 500,
+    "invalid_model_config": 500,
+    "retries_exhausted": 503,
     "rate_limited": 429,
     "queue_full": 429,
     "database_not_migrated": 503,
@@ -48,9 +54,11 @@ DESCRIPTIONS = {
     415: "Not an image, or an unsupported content type",
     422: "Invalid request or unusable image",
     429: "Rate limit or queue full: retry after `Retry-After` seconds",
+    500: "The job failed on the server's side (its model or its stored input); not retried",
     503: "Redis or the database is unavailable: retry after `Retry-After` seconds",
 }
 RETRY_AFTER_S = 5
+log = logging.getLogger(__name__)
 
 
 class ErrorDetail(BaseModel):
@@ -77,9 +85,21 @@ def error_response(error: OnnxqError) -> JSONResponse:
     return JSONResponse({"error": error.as_dict()}, status_code=status, headers=headers)
 
 
+RETRY_AFTER_HEADER = {
+    "Retry-After": {"description": "Seconds to wait before retrying", "required": True, "schema": {"type": "integer"}}
+}
+
+
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI `responses` entry for the error statuses a route can answer."""
-    return {status: {"description": DESCRIPTIONS[status], "model": ErrorBody} for status in statuses}
+    return {
+        status: {
+            "description": DESCRIPTIONS[status],
+            "model": ErrorBody,
+            **({"headers": RETRY_AFTER_HEADER} if status in (429, 503) else {}),
+        }
+        for status in statuses
+    }
 
 
 def onnxq_error_handler(_request: Request, exc: Exception) -> JSONResponse:
@@ -97,13 +117,32 @@ def validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(OnnxqError(f"{where}: {first.get('msg')}", code="validation_error"))
 
 
-HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "input_too_large"}
+HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "input_too_large",
+}
 
 
-def http_exception_handler(_request: Request, exc: Exception) -> JSONResponse:
+def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
     """Starlette's own errors (no such route, wrong method, unreadable body) in onnxq's shape."""
-    assert isinstance(exc, StarletteHTTPException)
     code = HTTP_CODES.get(exc.status_code, "http_error")
     return JSONResponse(
         {"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code, headers=exc.headers
+    )
+
+
+def http_exception_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return http_error_response(exc)
+
+
+def internal_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    """A bug, not bad input: answer 500 in the usual shape (the traceback goes to the log only)."""
+    log.error("unhandled error answering a request", exc_info=exc)
+    return JSONResponse(
+        {"error": {"code": "internal_error", "message": "An internal error occurred; it has been logged."}},
+        status_code=500,
     )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
@@ -15,14 +15,18 @@ from producer.web.auth import Caller, require_key
 from producer.web.bodies import (
     JSON_OVERHEAD_BYTES,
     MULTIPART_SCHEMA,
+    NO_NUL,
     InferenceRequest,
     decode_image,
+    openapi_schema,
     parse_json,
     parse_submission,
 )
 from producer.web.errors import ErrorDetail, responses
+from producer.web.metrics import count_submitted
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+JobId = Annotated[str, Path(description="The id a submission answered with", pattern=NO_NUL)]
 
 
 class Accepted(BaseModel):
@@ -32,17 +36,33 @@ class Accepted(BaseModel):
     status: str
 
 
+class JobView(BaseModel):
+    """A job as users see it (`onnxq status --json` prints the same)."""
+
+    job_id: str
+    kind: str = Field(description="inference")
+    status: Literal["queued", "running", "succeeded", "failed"]
+    created_at: str = Field(description="ISO 8601, UTC")
+    started_at: str | None
+    finished_at: str | None
+    result: dict[str, Any] | None = Field(
+        description="Once succeeded: model, model_version, prediction, confidence, probabilities (label → "
+        "probability), batch_size, timings_ms (queue, preprocessing, inference, total)"
+    )
+    error: ErrorDetail | None = Field(description="Once failed: why")
+
+
 class BatchImage(BaseModel):
     image: str = Field(description="The image, base64-encoded or as a data URL", min_length=1)
-    idempotency_key: str | None = Field(default=None, max_length=200)
+    idempotency_key: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
 
 
 class BatchRequest(BaseModel):
     """Several images for one model in one request."""
 
-    model: str = Field(description="NAME or NAME@VERSION", min_length=1, max_length=260)
+    model: str = Field(description="NAME or NAME@VERSION", min_length=1, max_length=260, pattern=NO_NUL)
     images: list[BatchImage] = Field(min_length=1, description="At most ONNXQ_MAX_BATCH_IMAGES (default 32)")
-    user_id: str | None = Field(default=None, max_length=200)
+    user_id: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
 
 
 class BatchEntry(BaseModel):
@@ -59,7 +79,9 @@ class BatchAccepted(BaseModel):
 
 
 class Feedback(BaseModel):
-    label: str = Field(min_length=1, max_length=200, description="The true label: one of the model's labels")
+    label: str = Field(
+        min_length=1, max_length=200, pattern=NO_NUL, description="The true label: one of the model's labels"
+    )
 
 
 class FeedbackRecorded(BaseModel):
@@ -69,18 +91,19 @@ class FeedbackRecorded(BaseModel):
     correct: bool | None
 
 
-SUBMIT_ERRORS = responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+SUBMIT_ERRORS = responses(400, 401, 403, 404, 408, 409, 413, 415, 422, 429, 503)
+LOCATION = {"Location": {"description": "The job's URL, to poll", "required": True, "schema": {"type": "string"}}}
 
 
 @router.post(
     "/inference",
     status_code=202,
-    responses=SUBMIT_ERRORS,
+    responses={**SUBMIT_ERRORS, 202: {"description": "Accepted", "headers": LOCATION}},
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": InferenceRequest.model_json_schema()},
+                "application/json": {"schema": openapi_schema(InferenceRequest)},
                 "multipart/form-data": {"schema": MULTIPART_SCHEMA},
             },
         }
@@ -99,6 +122,7 @@ async def submit(request: Request, response: Response, caller: Caller = Depends(
         idempotency_key=body.idempotency_key,
         api_key_name=caller.key_name,
     )
+    count_submitted(outcome)
     response.headers["Location"] = f"/v1/jobs/{outcome.job_id}"
     return Accepted(job_id=outcome.job_id, status=outcome.status)
 
@@ -108,7 +132,7 @@ async def submit(request: Request, response: Response, caller: Caller = Depends(
     status_code=202,
     responses=SUBMIT_ERRORS,
     openapi_extra={
-        "requestBody": {"required": True, "content": {"application/json": {"schema": BatchRequest.model_json_schema()}}}
+        "requestBody": {"required": True, "content": {"application/json": {"schema": openapi_schema(BatchRequest)}}}
     },
 )
 async def submit_batch(request: Request, caller: Caller = Depends(require_key)) -> BatchAccepted:
@@ -140,18 +164,19 @@ async def submit_batch(request: Request, caller: Caller = Depends(require_key)) 
         except OnnxqError as exc:
             entries.append(BatchEntry(index=index, error=ErrorDetail(**exc.as_dict())))
         else:
+            count_submitted(outcome)
             entries.append(BatchEntry(index=index, job_id=outcome.job_id, status=outcome.status))
     return BatchAccepted(jobs=entries)
 
 
-@router.get("/{job_id}", responses=responses(401, 403, 404, 429, 503))
-def read_job(job_id: str, _caller: Caller = Depends(require_key)) -> dict[str, Any]:
+@router.get("/{job_id}", responses=responses(401, 403, 404, 422, 429, 503))
+def read_job(job_id: JobId, _caller: Caller = Depends(require_key)) -> JobView:
     """The job: status, result or error (404 for an id onnxq never accepted)."""
-    return get_job(job_id)
+    return JobView.model_validate(get_job(job_id))
 
 
-@router.post("/{job_id}/feedback", responses=responses(400, 401, 403, 404, 413, 422, 429, 503))
-def feedback(job_id: str, body: Feedback, caller: Caller = Depends(require_key)) -> FeedbackRecorded:
+@router.post("/{job_id}/feedback", responses=responses(400, 401, 403, 404, 408, 413, 422, 429, 503))
+def feedback(job_id: JobId, body: Feedback, caller: Caller = Depends(require_key)) -> FeedbackRecorded:
     """Record the ground truth for a job (one of its model's labels); it feeds accuracy in the
     daily metrics and A/B tests. Sending it again replaces it."""
     recorded = record_feedback(job_id, body.label, api_key_name=caller.key_name)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import redis
 from fastapi import APIRouter, Depends, Response
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
@@ -20,12 +22,30 @@ from schema.tables import PytorchModel
 router = APIRouter()
 
 
+class ModelInfo(BaseModel):
+    """A registered model version."""
+
+    id: int
+    model_name: str
+    model_version: str
+    model_type: str
+    domain: str
+    deployment_status: str = Field(description="active or inactive")
+    input_shape: list[Any] | None
+    output_shape: list[Any] | None
+    accuracy: float | None
+    sha256: str
+    labels: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
 @router.get("/v1/models", dependencies=[Depends(require_key)], responses=responses(401, 403, 429, 503))
-def list_models() -> list[dict[str, Any]]:
+def list_models() -> list[ModelInfo]:
     """Registered models with their status, labels and shapes."""
     with Session(get_engine()) as session:
         rows = session.exec(select(PytorchModel).order_by(col(PytorchModel.model_name), col(PytorchModel.id)))
-        return [row.model_dump(mode="json", exclude={"config", "file_path"}) for row in rows]
+        return [ModelInfo.model_validate(row.model_dump()) for row in rows]
 
 
 def health(response: Response) -> dict[str, Any]:
