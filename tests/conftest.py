@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -209,3 +210,16 @@ def samples() -> list[Path]:
     files = sorted((REPO / "samples").iterdir())
     assert files, "samples/ is empty"
     return files
+
+
+@pytest.fixture()
+def client(migrated: str) -> Iterator[Any]:
+    """The web app in process (FastAPI's TestClient), sending a fresh API key."""
+    from fastapi.testclient import TestClient
+
+    from producer.keys import create_key
+    from producer.web.app import create_app
+
+    key = create_key("tests").secret
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {key}"}) as test_client:
+        yield test_client

@@ -52,9 +52,8 @@ def worker_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
 
 
-def start_worker_process(log_path: Any, env: dict[str, str], threads: int = 16) -> Any:
-    """`python -m onnxq worker` in its own process group (Dramatiq forks children), logging to
-    `log_path`."""
+def spawn_onnxq(args: list[str], log_path: Any, env: dict[str, str]) -> Any:
+    """`python -m onnxq ARGS` in its own process group, logging to `log_path`."""
     import subprocess
     import sys
 
@@ -63,7 +62,7 @@ def start_worker_process(log_path: Any, env: dict[str, str], threads: int = 16) 
     log = open(log_path, "ab")  # noqa: SIM115  (the child keeps it; closed with the process)
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "onnxq", "worker", "--processes", "1", "--threads", str(threads)],
+            [sys.executable, "-m", "onnxq", *args],
             env=env,
             cwd=REPO,
             stdout=log,
@@ -72,6 +71,11 @@ def start_worker_process(log_path: Any, env: dict[str, str], threads: int = 16) 
         )
     finally:
         log.close()
+
+
+def start_worker_process(log_path: Any, env: dict[str, str], threads: int = 16) -> Any:
+    """`python -m onnxq worker` (Dramatiq forks children, hence the process group)."""
+    return spawn_onnxq(["worker", "--processes", "1", "--threads", str(threads)], log_path, env)
 
 
 def heartbeats_key() -> str:

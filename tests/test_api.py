@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from producer.keys import create_key
 from producer.web.app import create_app
 from tests.corpus import corpus
 from tests.helpers import DEMO, wait_all
-
-
-@pytest.fixture()
-def client(migrated: str) -> Iterator[TestClient]:
-    key = create_key("tests").secret
-    with TestClient(create_app(), headers={"Authorization": f"Bearer {key}"}) as test_client:
-        yield test_client
 
 
 def _b64(path: Path) -> str:

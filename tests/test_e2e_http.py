@@ -22,6 +22,7 @@ from tests.helpers import (
     DEMO,
     audit_rows,
     log_tail,
+    spawn_onnxq,
     start_worker_process,
     stop_worker_process,
     wait_for_consumer,
@@ -37,15 +38,8 @@ POLL_S = 0.1
 
 def spawn_api(log_path: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     """`python -m onnxq api` on loopback `port`, logging to `log_path`."""
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "onnxq", "api", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process: subprocess.Popen[bytes] = spawn_onnxq(["api", "--host", "127.0.0.1", "--port", str(port)], log_path, env)
+    return process
 
 
 def start_api(log_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:

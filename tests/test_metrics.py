@@ -6,7 +6,6 @@ import base64
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,8 +16,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from onnxq.payloads import get_redis
 from onnxq.settings import get_settings
 from producer.client import submit_inference
-from producer.keys import create_key
-from producer.web.app import create_app
 from tests.helpers import DEMO, log_tail, start_worker_process, stop_worker_process, wait_all, worker_env
 
 DEMO_REF = f"{DEMO}@1"
@@ -39,13 +36,6 @@ def parse(text: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-@pytest.fixture()
-def client(migrated: str) -> Iterator[TestClient]:
-    key = create_key("metrics-tests").secret
-    with TestClient(create_app(), headers={"Authorization": f"Bearer {key}"}) as test_client:
-        yield test_client
 
 
 def scrape(client: TestClient) -> Samples:

@@ -7,7 +7,6 @@ import base64
 import re
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,6 @@ from onnxq.errors import ImageDecodeError
 from onnxq.notify import ended_channel, publish_ended
 from onnxq.settings import get_settings
 from producer.client import get_job, submit_inference
-from producer.keys import create_key
-from producer.web.app import create_app
 from producer.web.waiter import JobWaiter
 from schema.db import get_engine, session_scope
 from schema.jobs import fail_job
@@ -31,13 +28,6 @@ from tests.helpers import DEMO, audit_rows, wait_all
 
 ROUTE = "/api/pytorch/inference"
 PERCENTAGE = re.compile(r"^\d{1,3}\.\d{2}%$")
-
-
-@pytest.fixture()
-def client(migrated: str) -> Iterator[TestClient]:
-    key = create_key("tests").secret
-    with TestClient(create_app(), headers={"Authorization": f"Bearer {key}"}) as test_client:
-        yield test_client
 
 
 def _data_url(path: Path) -> str:
