@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     worker_processes: int = 1
     worker_threads: int | None = None  # default: 4x the largest max_batch_size of the active models
     worker_metrics_port: int = 9191  # Prometheus exposition of every worker process's metrics; 0 = off
+    # The longest an idle worker waits between looks at an empty queue: the pickup delay of the
+    # first job after a quiet spell, against one Redis call per process per interval.
+    worker_idle_poll_ms: int = 100
     job_max_retries: int = 5
     job_min_backoff_ms: int = 500
     job_max_backoff_ms: int = 60_000

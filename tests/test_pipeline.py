@@ -167,3 +167,11 @@ def test_no_image_bytes_in_logs_or_sql(worker: object, samples: list[Path], capl
             for row in conn.execute(text(f"SELECT * FROM {table}")).all()
         )
     assert not [n for n in needles if n in dumped]
+
+
+def test_an_idle_worker_looks_at_its_queues_every_idle_poll_interval(worker: object) -> None:
+    # Dramatiq's default (1 s) would delay the first job after a quiet spell by up to a second.
+    from onnxq.settings import get_settings
+
+    timeouts = {consumer.worker_timeout for consumer in worker.consumers.values()}  # type: ignore[attr-defined]
+    assert timeouts == {get_settings().worker_idle_poll_ms}

@@ -20,6 +20,11 @@ MAINTENANCE_QUEUE = "maintenance"
 class ModelsMiddleware(dramatiq.Middleware):
     """Loads and warms the models before a worker process consumes; stops batchers at exit."""
 
+    def before_worker_boot(self, broker: Any, worker: Any) -> None:
+        # Dramatiq's idle consumer backs off up to `worker_timeout` (1 s by default) between
+        # fetches from an empty queue: the first job after a quiet spell would wait that long.
+        worker.worker_timeout = get_settings().worker_idle_poll_ms
+
     def after_process_boot(self, broker: Any) -> None:
         from workers.runtime import get_runtime
 
