@@ -103,5 +103,13 @@ def test_models_and_health(client: TestClient) -> None:
 def test_health_is_503_when_the_database_is_not_migrated(env: str) -> None:
     with TestClient(create_app()) as client:
         health = client.get("/health")
+        submitted = client.post(
+            "/v1/jobs/inference", json={"model": DEMO, "image": "aGk="}, headers={"X-API-Key": "onnxq_anything"}
+        )
     assert health.status_code == 503
     assert health.json()["checks"]["database"]["ok"] is False
+    # A request that needs the database says what to do, with a Retry-After.
+    assert submitted.status_code == 503, submitted.text
+    assert submitted.json()["error"]["code"] == "database_not_migrated"
+    assert "onnxq db upgrade" in submitted.json()["error"]["message"]
+    assert submitted.headers["retry-after"]
