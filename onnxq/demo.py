@@ -65,7 +65,9 @@ def demo(
     # A port of its own: the demo's web process lives only for this run, and a fixed port could
     # be held by an `onnxq up` (or anything else) on this machine.
     try:
-        with running_stack(port=free_port(), web_log=get_settings().data_dir / "demo-web.log") as stack:
+        with running_stack(
+            port=free_port(), web_log=get_settings().data_dir / "demo-web.log", worker_metrics=False
+        ) as stack:
             # Rotated on every run: the key is used here and never shown.
             key = create_key("demo", replace=True).secret
             accepted: dict[str, str] = {}

@@ -43,10 +43,12 @@ class Settings(BaseSettings):
     # API keys are required unless this is off, which is allowed only on a loopback bind.
     api_auth: bool = True
     rate_limit_per_minute: int = 1200  # requests per API key per minute, across web processes; 0 = none
+    failed_auth_per_minute: int = 30  # unknown keys per client address per minute, then 429; 0 = none
     max_queue_depth: int = 10_000  # queued inference messages past which new jobs get 429; 0 = none
     max_batch_images: int = 32  # images per POST /v1/jobs/inference:batch
     max_batch_request_bytes: int = 64 * MiB
     body_idle_timeout_s: float = 30.0  # a request body that stalls this long gets 408
+    body_timeout_s: float = 300.0  # a request body not whole after this long gets 408
     sync_wait_s: float = 30.0  # how long POST /api/pytorch/inference waits before answering 202
 
     # Batching defaults for models whose model.toml says nothing.

@@ -204,12 +204,18 @@ class Stack:
 
 @contextmanager
 def running_stack(
-    settings: Settings | None = None, *, port: int | None = None, web_log: Path | None = None
+    settings: Settings | None = None,
+    *,
+    port: int | None = None,
+    web_log: Path | None = None,
+    worker_metrics: bool = True,
 ) -> Iterator[Stack]:
     """Redis (embedded unless `REDIS_URL` is set), a migrated database, a worker and the web
     process on `127.0.0.1:port` (default `$PORT`); stopped in the reverse order.
 
     `web_log`: where the web process writes its log (default: this terminal).
+    `worker_metrics`: False keeps the worker off the metrics port and its directory, which an
+    `onnxq up` sharing this data dir may be using.
     """
     settings = settings or get_settings()
     port = port or settings.port
@@ -220,7 +226,8 @@ def running_stack(
     with _redis(settings) as redis_url:
         env = {**os.environ, "REDIS_URL": redis_url}
         prepare_database()
-        worker = spawn(["worker"], env)
+        worker_env = env if worker_metrics else {**env, "ONNXQ_WORKER_METRICS_PORT": "0"}
+        worker = spawn(["worker"], worker_env)
         try:
             web = spawn(["api", "--host", WEB_HOST, "--port", str(port)], env, web_log)
             try:

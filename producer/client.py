@@ -104,7 +104,7 @@ def submit_inference(
     settings = get_settings()
     check_text(model=model, user_id=user_id, idempotency_key=idempotency_key)
     inspect_image(data, **image_limits())
-    scope = idempotency_scope(user_id, idempotency_key) if idempotency_key else None
+    scope = idempotency_scope(user_id, idempotency_key, api_key_name) if idempotency_key else None
     digest = input_hash(settings.audit_key_bytes(), data)
     try:
         registered = cached_model(model)
@@ -203,8 +203,7 @@ def _reuse(existing: Job, model: PytorchModel, digest: str) -> SubmitOutcome:
     """The job an idempotency key already names, if the request is the same one."""
     if existing.input_hash != digest or existing.model_id != model.id:
         raise IdempotencyConflict(
-            f"This idempotency key was already used for job {existing.id} with a different image or model; "
-            "use a new key for a new request."
+            "This idempotency key was already used with a different image or model; use a new key for a new request."
         )
     return SubmitOutcome(existing.id, existing.status, model.ref, reused=True)
 
@@ -240,13 +239,12 @@ def match_job_prefix(prefix: str) -> str:
 
 
 def record_feedback(job_id: str, label: str, *, api_key_name: str | None = None) -> dict[str, Any]:
-    """Store the ground truth for a job; `unknown_label` unless it is one of the model's labels.
-    Returns what was recorded, with whether the job's prediction matched."""
+    """Store the ground truth for a job; `unknown_label` unless it is one of the model's labels,
+    `job_not_found` if (given `api_key_name`) another API key submitted it. Returns what was
+    recorded, with whether the job's prediction matched."""
     try:
         with session_scope() as session:
-            job = session.get(Job, job_id, with_for_update=True)
-            if job is None:
-                raise JobNotFound(f"No job has id {job_id!r}.")
+            job = _owned_job(session, job_id, api_key_name, lock=True)
             model = session.get(PytorchModel, job.model_id) if job.model_id is not None else None
             if model is None or label not in model.labels:
                 known = ", ".join(model.labels) if model is not None else "none"
@@ -265,13 +263,19 @@ def record_feedback(job_id: str, label: str, *, api_key_name: str | None = None)
     }
 
 
-def get_job(job_id: str) -> dict[str, Any]:
-    """The job shape for `job_id`; `JobNotFound` for an id onnxq never accepted."""
+def get_job(job_id: str, *, api_key_name: str | None = None) -> dict[str, Any]:
+    """The job shape for `job_id`; `JobNotFound` for an id onnxq never accepted, or (given
+    `api_key_name`) one that another API key submitted."""
     with Session(get_engine()) as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise JobNotFound(f"No job has id {job_id!r}.")
-        return job_view(job)
+        return job_view(_owned_job(session, job_id, api_key_name))
+
+
+def _owned_job(session: Session, job_id: str, api_key_name: str | None, *, lock: bool = False) -> Job:
+    job = session.get(Job, job_id, with_for_update=lock)
+    # Another key's job is answered exactly like a missing one: its existence is not revealed.
+    if job is None or (api_key_name is not None and job.api_key_name != api_key_name):
+        raise JobNotFound(f"No job has id {job_id!r}.")
+    return job
 
 
 def wait_for_jobs(

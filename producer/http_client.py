@@ -95,7 +95,8 @@ class OnnxqClient:
         if user_id is not None:
             body["user_id"] = user_id
         answer = self._request("POST", "/v1/jobs/inference:batch", json=body)
-        return [{k: v for k, v in entry.items() if v is not None} for entry in answer["jobs"]]
+        entries: list[dict[str, Any]] = answer["jobs"]
+        return entries
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The job: status, result or error (`ClientError` 404 `job_not_found` for an unknown id)."""

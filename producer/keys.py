@@ -103,6 +103,12 @@ def authenticate(key: str) -> str:
     return record.name
 
 
+def is_cached(key: str) -> bool:
+    """True if `key` was recently found valid in this process (no database query needed)."""
+    hit = _cache.get(hash_key(key))
+    return hit is not None and time.monotonic() - hit[0] < KEY_CACHE_TTL_S
+
+
 def clear_key_cache() -> None:
     """Forget cached lookups (tests switch databases under one process)."""
     _cache.clear()

@@ -24,9 +24,16 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def idempotency_scope(user_id: str | None, key: str) -> str:
-    """The unique value that ties one idempotency key of one user to one job."""
-    return hashlib.sha256(f"{user_id or ''}\x1f{key}".encode()).hexdigest()
+def idempotency_scope(user_id: str | None, key: str, api_key_name: str | None = None) -> str:
+    """The unique value that ties one idempotency key of one user (of one API key) to one job.
+
+    Scoped by API key so that one tenant's key can never find another tenant's job; without an
+    API key (CLI, Python API, auth off) the value is what it was before keys existed.
+    """
+    text = f"{user_id or ''}\x1f{key}"
+    if api_key_name is not None:
+        text = f"{api_key_name}\x1e{text}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def find_by_scope(session: Session, scope: str) -> Job | None:

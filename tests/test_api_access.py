@@ -184,6 +184,11 @@ def test_auth_can_be_off_only_on_loopback(migrated: str, monkeypatch: pytest.Mon
     refused = runner.invoke(cli, ["api", "--host", "0.0.0.0"])
     assert refused.exit_code == 2
     assert "loopback" in refused.output
+    # However the app is served (plain uvicorn, say): a client from another host is refused.
+    with TestClient(create_app(), client=("10.1.2.3", 40000)) as remote:
+        assert _error(remote.get("/v1/models")) == (401, "unauthorized")
+    with TestClient(create_app(), client=("127.0.0.1", 40000)) as local:
+        assert local.get("/v1/models").status_code == 200
 
 
 def test_batch_gives_one_entry_per_image_in_order(anonymous: TestClient, worker: object, samples: list[Path]) -> None:
@@ -200,7 +205,8 @@ def test_batch_gives_one_entry_per_image_in_order(anonymous: TestClient, worker:
     assert answer.status_code == 202, answer.text
     entries = answer.json()["jobs"]
     assert [e["index"] for e in entries] == [0, 1, 2, 3]
-    assert [(e["error"] or {}).get("code") for e in entries] == [None, "invalid_base64", "not_an_image", None]
+    assert [e.get("error", {}).get("code") for e in entries] == [None, "invalid_base64", "not_an_image", None]
+    assert set(entries[0]) == {"index", "job_id", "status"} and set(entries[1]) == {"index", "error"}
     views = wait_all([entries[0]["job_id"], entries[3]["job_id"]])
     assert {v["status"] for v in views.values()} == {"succeeded"}
     # Whole-request refusals: an unknown model, too many images, an empty list
@@ -238,3 +244,35 @@ def test_feedback_records_the_true_label(anonymous: TestClient, worker: object, 
         f"/v1/jobs/{job_id}/feedback", content=b"{", headers={**headers, "content-type": "application/json"}
     )
     assert _error(malformed) == (400, "bad_request")
+
+
+def test_one_key_never_sees_another_keys_jobs(anonymous: TestClient, samples: list[Path]) -> None:
+    a, b = _with_key(create_key("tenant-a").secret), _with_key(create_key("tenant-b").secret)
+    body = {"model": DEMO, "image": _b64(samples[0]), "idempotency_key": "1"}
+    job_a = anonymous.post("/v1/jobs/inference", json=body, headers=a).json()["job_id"]
+    # The same idempotency key from another tenant is a new job, never the other's
+    same = anonymous.post("/v1/jobs/inference", json=body, headers=b)
+    other_image = anonymous.post("/v1/jobs/inference", json={**body, "image": _b64(samples[1])}, headers=b)
+    assert same.status_code == 202 and same.json()["job_id"] != job_a
+    assert other_image.status_code == 409 and job_a not in other_image.text
+    # Another tenant's job is answered exactly like a missing one
+    assert _error(anonymous.get(f"/v1/jobs/{job_a}", headers=b)) == (404, "job_not_found")
+    assert _error(anonymous.post(f"/v1/jobs/{job_a}/feedback", json={"label": "Normal"}, headers=b)) == (
+        404,
+        "job_not_found",
+    )
+    assert anonymous.get(f"/v1/jobs/{job_a}", headers=a).status_code == 200
+
+
+def test_guessing_keys_is_rate_limited_per_client(anonymous: TestClient) -> None:
+    from onnxq.settings import get_settings
+
+    limit = get_settings().failed_auth_per_minute
+    known = _with_key(create_key("known").secret)
+    assert anonymous.get("/v1/models", headers=known).status_code == 200
+    answers = [anonymous.get("/v1/models", headers=_with_key(f"onnxq_guess{i}")).status_code for i in range(limit + 1)]
+    assert answers == [401] * limit + [429]
+    # Until the window ends, a key this process has not seen is refused unchecked from that
+    # address; a key it already knows still works (many clients may share a proxy's address).
+    assert _error(anonymous.get("/v1/models", headers=_with_key(create_key("late").secret))) == (429, "rate_limited")
+    assert anonymous.get("/v1/models", headers=known).status_code == 200

@@ -103,3 +103,64 @@ def test_an_oversized_chunked_body_is_cut_off(server: tuple[str, int, str]) -> N
     )
     assert answer.status_code == 413, answer.text
     assert answer.json()["error"]["code"] == "input_too_large"
+
+
+def test_a_multipart_image_over_the_limit_is_refused_before_it_is_read(server: tuple[str, int, str]) -> None:
+    # 11 MiB of "image" in a multipart body: the single-image route's bound, not the batch one's.
+    host, port, key = server
+    answer = httpx.post(
+        f"http://{host}:{port}/v1/jobs/inference",
+        files={"file": ("big.png", b"\x89PNG" + b"\x00" * (11 * 1024 * 1024))},
+        data={"model": "chest-xray-classifier-demo"},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error"]["code"] == "input_too_large"
+
+
+def test_a_trickling_body_meets_the_overall_deadline(
+    server: tuple[str, int, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a server whose bodies must be whole within 2 s, fed one byte every half second
+    monkeypatch.setenv("ONNXQ_BODY_TIMEOUT_S", "2")
+    from onnxq.settings import get_settings
+
+    get_settings.cache_clear()
+    live = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=live.run, daemon=True)
+    thread.start()
+    while not live.started:
+        time.sleep(0.02)
+    port = live.servers[0].sockets[0].getsockname()[1]
+    _, _, key = server
+    head = "\r\n".join(
+        [
+            "POST /v1/jobs/inference HTTP/1.1",
+            "Host: 127.0.0.1",
+            f"Authorization: Bearer {key}",
+            "Content-Type: application/json",
+            "Content-Length: 1000",
+        ]
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(head.encode() + b"\r\n\r\n")
+            conn.setblocking(False)
+            answer = b""
+            for _ in range(20):  # up to 10 s of trickling; each byte is within the 1 s idle timeout
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    break
+                time.sleep(0.5)
+                try:
+                    answer += conn.recv(65536)
+                except BlockingIOError:
+                    continue
+                if answer:
+                    break
+    finally:
+        live.should_exit = True
+        thread.join(30)
+    # Then it is cut off at the deadline, not kept open for as long as bytes keep coming
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]

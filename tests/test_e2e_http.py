@@ -160,13 +160,14 @@ def test_errors_carry_the_server_code(client: OnnxqClient, stack: str, samples: 
     assert "Could not reach onnxq" in down.value.message
 
 
-def test_wait_sits_out_a_503_for_its_retry_after(
-    client: OnnxqClient, stack: str, samples: list[Path], tmp_path: Path
-) -> None:
+def test_wait_sits_out_a_503_for_its_retry_after(stack: str, samples: list[Path], tmp_path: Path) -> None:
     # Given a finished job, and a second web process whose Redis is not running yet: its
     # per-key rate limit needs Redis, so every request gets 503 with Retry-After
-    job_id = client.submit(samples[3], DEMO)
-    assert client.wait([job_id], timeout_s=WAIT_S, poll_s=POLL_S)[job_id]["status"] == "succeeded"
+    # (a job is visible only to the key that submitted it: the same key on both processes)
+    key = create_key("e2e-late").secret
+    with OnnxqClient(stack, api_key=key) as first:
+        job_id = first.submit(samples[3], DEMO)
+        assert first.wait([job_id], timeout_s=WAIT_S, poll_s=POLL_S)[job_id]["status"] == "succeeded"
     socket_path = tmp_path / "late-redis" / "redis.sock"
     socket_path.parent.mkdir()
     log_path = tmp_path / "api-late.log"
@@ -174,7 +175,6 @@ def test_wait_sits_out_a_503_for_its_retry_after(
     late = spawn_api(log_path, worker_env(REDIS_URL=f"unix://{socket_path}"), port)
     redis_server: subprocess.Popen[bytes] | None = None
     try:
-        key = create_key("e2e-late").secret
         with OnnxqClient(f"http://127.0.0.1:{port}", api_key=key) as late_client:
             _wait_until_503(late_client, late, log_path)
             # When a wait starts while it answers 503, and Redis comes up meanwhile

@@ -92,6 +92,7 @@ def api_key(migrated: str, monkeypatch: pytest.MonkeyPatch) -> str:
     from onnxq.settings import get_settings
 
     monkeypatch.setenv("ONNXQ_RATE_LIMIT_PER_MINUTE", "0")
+    monkeypatch.setenv("ONNXQ_FAILED_AUTH_PER_MINUTE", "0")  # schemathesis sends many bad keys
     # No worker runs here: the seed endpoint should give up waiting at once and answer 202.
     monkeypatch.setenv("ONNXQ_SYNC_WAIT_S", "0.1")
     get_settings.cache_clear()

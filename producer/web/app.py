@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from onnxq import __version__
 from onnxq.errors import OnnxqError
 from onnxq.settings import get_settings
 from producer.web import jobs, metrics, seed, system
-from producer.web.bodies import JSON_OVERHEAD_BYTES
+from producer.web.bodies import JSON_OVERHEAD_BYTES, base64_length
 from producer.web.errors import (
+    database_error_handler,
     http_exception_handler,
     internal_error_handler,
     onnxq_error_handler,
@@ -32,12 +34,21 @@ def create_app() -> FastAPI:
     app.add_exception_handler(OnnxqError, onnxq_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)
+    app.add_exception_handler(OperationalError, database_error_handler)
+    app.add_exception_handler(ProgrammingError, database_error_handler)
     app.add_exception_handler(Exception, internal_error_handler)
     settings = get_settings()
+    image_body = base64_length(settings.max_image_bytes) + JSON_OVERHEAD_BYTES
     app.add_middleware(
         BodyLimit,
-        max_bytes=settings.max_batch_request_bytes + JSON_OVERHEAD_BYTES,
+        limits={
+            "/v1/jobs/inference": image_body,
+            "/api/pytorch/inference": image_body,
+            "/v1/jobs/inference:batch": settings.max_batch_request_bytes + JSON_OVERHEAD_BYTES,
+        },
+        default_bytes=JSON_OVERHEAD_BYTES,  # feedback and the like: small JSON
         idle_timeout_s=settings.body_idle_timeout_s,
+        total_timeout_s=settings.body_timeout_s,
     )
     # Added last, so outermost: it also counts the requests BodyLimit refuses.
     app.add_middleware(metrics.RequestMetrics)

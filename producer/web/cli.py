@@ -18,8 +18,6 @@ err = Console(stderr=True)
 
 def is_loopback(host: str) -> bool:
     """True when `host` only accepts connections from this machine."""
-    if host == "localhost":
-        return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

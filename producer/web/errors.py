@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from onnxq.errors import OnnxqError, Overloaded, PermanentError
+from producer.client import database_error
 
 # Error code → HTTP status. Anything not listed is a 400 (permanent) or 503 (retryable).
 STATUS_BY_CODE = {
@@ -146,3 +147,8 @@ def internal_error_handler(_request: Request, exc: Exception) -> JSONResponse:
         {"error": {"code": "internal_error", "message": "An internal error occurred; it has been logged."}},
         status_code=500,
     )
+
+
+def database_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    """A database that is down or not migrated, wherever a route touched it: 503, never a 500."""
+    return error_response(database_error(exc))

@@ -130,6 +130,8 @@ async def submit(request: Request, response: Response, caller: Caller = Depends(
 @router.post(
     "/inference:batch",
     status_code=202,
+    # An entry carries either job_id and status, or error: no nulls for the other.
+    response_model_exclude_none=True,
     responses=SUBMIT_ERRORS,
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": openapi_schema(BatchRequest)}}}
@@ -170,14 +172,15 @@ async def submit_batch(request: Request, caller: Caller = Depends(require_key)) 
 
 
 @router.get("/{job_id}", responses=responses(401, 403, 404, 422, 429, 503))
-def read_job(job_id: JobId, _caller: Caller = Depends(require_key)) -> JobView:
-    """The job: status, result or error (404 for an id onnxq never accepted)."""
-    return JobView.model_validate(get_job(job_id))
+def read_job(job_id: JobId, caller: Caller = Depends(require_key)) -> JobView:
+    """The job: status, result or error (404 for an id onnxq never accepted, or one another API
+    key submitted)."""
+    return JobView.model_validate(get_job(job_id, api_key_name=caller.key_name))
 
 
 @router.post("/{job_id}/feedback", responses=responses(400, 401, 403, 404, 408, 413, 422, 429, 503))
 def feedback(job_id: JobId, body: Feedback, caller: Caller = Depends(require_key)) -> FeedbackRecorded:
-    """Record the ground truth for a job (one of its model's labels); it feeds accuracy in the
-    daily metrics and A/B tests. Sending it again replaces it."""
+    """Record the ground truth for a job this key submitted (one of its model's labels), kept
+    with the job for accuracy in the daily metrics and A/B tests. Sending it again replaces it."""
     recorded = record_feedback(job_id, body.label, api_key_name=caller.key_name)
     return FeedbackRecorded(**recorded)

@@ -16,6 +16,7 @@ from producer.client import submit_inference
 from producer.web.auth import Caller, require_key
 from producer.web.bodies import JSON_OVERHEAD_BYTES, NO_NUL, base64_length, decode_image, parse_json
 from producer.web.errors import DESCRIPTIONS, ErrorDetail, error_response
+from producer.web.jobs import LOCATION
 from producer.web.metrics import count_submitted, observe_job_latency
 from producer.web.waiter import waiter_for
 from schema.tables import JobStatus
@@ -71,7 +72,11 @@ class SeedError(BaseModel):
 
 ERROR_STATUSES = (400, 401, 403, 404, 408, 409, 413, 415, 422, 429, 500, 503)
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    202: {"description": SeedPending.__doc__, "model": SeedPending},
+    202: {
+        "description": SeedPending.__doc__,
+        "model": SeedPending,
+        "headers": LOCATION,
+    },
     **{
         status: {
             "description": f"{DESCRIPTIONS[status]}; or the job itself failed with this status",
