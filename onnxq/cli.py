@@ -10,6 +10,8 @@ from onnxq.demo import demo, up
 from onnxq.logs import configure as configure_logging
 from onnxq.settings import get_settings
 from producer.cli import status, submit
+from producer.report_cli import report_app
+from producer.route_cli import route
 from producer.web.cli import api, keys_app
 from schema.cli import audit_app, db_app
 from workers.cli import models_app, worker
@@ -37,8 +39,10 @@ app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
+app.add_typer(report_app, name="report")
 app.command("submit")(submit)
 app.command("status")(status)
+app.command("route")(route)
 app.command("worker")(worker)
 app.command("up")(up)
 app.command("demo")(demo)

@@ -1,4 +1,5 @@
-"""Job payloads in Redis: the image bytes and what a worker needs to run the job.
+"""Job payloads in Redis: the image bytes (or a routing job's query) and what a worker needs to
+run the job.
 
 Messages carry only the job id; the payload sits under its own key with a TTL, is read by the
 worker, and is deleted once the job has ended. Nothing here is ever logged.
@@ -6,9 +7,11 @@ worker, and is deleted once the job has ended. Nothing here is ever logged.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from typing import Any
 
 import redis
 
@@ -69,6 +72,56 @@ def fetch(job_id: str) -> Payload | None:
         data=raw[b"data"],
         # Absent from payloads stored before the field existed.
         api_key_name=raw.get(b"api_key_name", b"").decode() or None,
+    )
+
+
+@dataclass(frozen=True)
+class RoutePayload:
+    """What the producer hands the worker for one routing job: the query (which lives only
+    here, in Redis, until the job ends), an optional image and the decision made at submission."""
+
+    job_id: str
+    query: str
+    decision: dict[str, Any]
+    user_id: str | None
+    input_hash: str
+    created_at: datetime
+    image: bytes | None = None
+    api_key_name: str | None = None
+
+
+def put_route(payload: RoutePayload, ttl_s: int) -> None:
+    fields: dict[str, str | bytes] = {
+        "kind": "route",
+        "query": payload.query,
+        "decision": json.dumps(payload.decision),
+        "user_id": payload.user_id or "",
+        "input_hash": payload.input_hash,
+        "created_at": payload.created_at.isoformat(),
+        "image": payload.image or b"",
+        "api_key_name": payload.api_key_name or "",
+    }
+    key = payload_key(payload.job_id)
+    with get_redis().pipeline(transaction=True) as pipe:
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        pipe.expire(key, ttl_s)
+        pipe.execute()
+
+
+def fetch_route(job_id: str) -> RoutePayload | None:
+    """The routing payload of `job_id`, or None once it is gone."""
+    raw: dict[bytes, bytes] = get_redis().hgetall(payload_key(job_id))  # type: ignore[assignment]
+    if raw.get(b"kind") != b"route":
+        return None
+    return RoutePayload(
+        job_id=job_id,
+        query=raw[b"query"].decode(),
+        decision=json.loads(raw[b"decision"]),
+        user_id=raw[b"user_id"].decode() or None,
+        input_hash=raw[b"input_hash"].decode(),
+        created_at=datetime.fromisoformat(raw[b"created_at"].decode()),
+        image=raw[b"image"] or None,
+        api_key_name=raw[b"api_key_name"].decode() or None,
     )
 
 

@@ -6,6 +6,7 @@ module reads `os.environ`.
 
 from __future__ import annotations
 
+import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -31,12 +32,14 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("data")
     model_dir: Path = Path("onnx")
+    router_config: Path = Path("router.toml")
     audit_key: SecretStr | None = None
 
     # Producer-side validation.
     max_image_bytes: int = 10 * MiB
     max_image_pixels: int = 40_000_000
     min_image_side_px: int = 8
+    max_query_chars: int = 20_000  # routing queries
 
     # The web process (`onnxq api`).
     api_host: str = "127.0.0.1"
@@ -115,6 +118,11 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+    def env_secret(self, name: str) -> str | None:
+        """The value of environment variable `name`, or None if unset or empty: for secrets such as
+        a backend's API key, whose variable is named in a config file rather than declared here."""
+        return os.environ.get(name) or None
 
     def audit_key_bytes(self) -> bytes:
         """The HMAC key for input hashes and the audit chain; generated once into the data dir."""

@@ -32,7 +32,7 @@ def _progress() -> Progress:
     )
 
 
-def _read(path: Path) -> bytes:
+def read_image(path: Path) -> bytes:
     """The file's bytes; an oversized file is refused from its size, without reading it."""
     limit = get_settings().max_image_bytes
     size = path.stat().st_size
@@ -41,10 +41,14 @@ def _read(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _human(view: dict[str, Any]) -> str:
+def human(view: dict[str, Any]) -> str:
+    """A job on one line: id, status, then its result or error."""
     parts = [view["job_id"] or "-", view["status"]]
-    if view.get("result"):
-        result = view["result"]
+    result = view.get("result")
+    if result and view.get("kind") == "route":
+        fallback = f" (fallback from {result['decision']['backend']})" if result["fallback_used"] else ""
+        parts.append(f"{result['served_by']}{fallback}: {result['answer']}  cost {result['cost']:g}")
+    elif result:
         parts.append(f"{result['prediction']} {result['confidence']:.2%} (batch {result['batch_size']})")
     if view.get("error"):
         parts.append(f"{view['error']['code']}: {view['error']['message']}")
@@ -55,7 +59,7 @@ def _emit(file: str, view: dict[str, Any], as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps({"file": file, **view}) + "\n")
     else:
-        sys.stdout.write(f"{file}  {_human(view)}\n")
+        sys.stdout.write(f"{file}  {human(view)}\n")
     sys.stdout.flush()
 
 
@@ -84,7 +88,7 @@ def submit(
             name = str(path)
             try:
                 key = idempotency_key if idempotency_key is None or len(files) == 1 else f"{idempotency_key}:{name}"
-                outcome = submit_inference(_read(path), model, user_id=user, idempotency_key=key)
+                outcome = submit_inference(read_image(path), model, user_id=user, idempotency_key=key)
                 view: dict[str, Any] = {"job_id": outcome.job_id, "status": outcome.status}
             except (OnnxqError, OSError) as exc:
                 error = (
@@ -126,7 +130,7 @@ def status(
     if as_json:
         sys.stdout.write(json.dumps(view, indent=2) + "\n")
         return
-    typer.echo(_human(view))
+    typer.echo(human(view))
     for key in ("created_at", "started_at", "finished_at"):
         typer.echo(f"  {key}: {view[key]}")
     if view["result"]:

@@ -34,39 +34,17 @@ from onnxq.settings import get_settings
 from schema.audit import input_hash
 from schema.db import get_engine, session_scope
 from schema.jobs import find_by_scope, idempotency_scope, job_view, new_job_id
-from schema.registry import resolve_model
+from schema.registry import cached_model
 from schema.tables import TERMINAL_STATUSES, Job, PytorchModel, utcnow
 
 WAIT_POLL_S = 0.05
-# Registry lookups are cached this long per process: a model switched off stops taking jobs
-# within this time, and a busy producer saves a query per job.
-MODEL_CACHE_TTL_S = 5.0
 QUEUE_FULL_RETRY_AFTER_S = 5
-_model_cache: dict[str, tuple[float, PytorchModel]] = {}
 
 
 class Sender(Protocol):
     """A Dramatiq actor, as far as the producer uses one."""
 
     def send(self, *args: Any) -> Any: ...
-
-
-def cached_model(ref: str) -> PytorchModel:
-    """`resolve_model` for `ref`, cached for `MODEL_CACHE_TTL_S` seconds."""
-    now = time.monotonic()
-    hit = _model_cache.get(ref)
-    if hit is not None and now - hit[0] < MODEL_CACHE_TTL_S:
-        return hit[1]
-    with Session(get_engine(), expire_on_commit=False) as session:
-        model = resolve_model(session, ref)
-        session.expunge(model)
-    _model_cache[ref] = (now, model)
-    return model
-
-
-def clear_model_cache() -> None:
-    """Forget cached registry lookups (tests switch databases under one process)."""
-    _model_cache.clear()
 
 
 @dataclass(frozen=True)
@@ -109,17 +87,13 @@ def submit_inference(
     try:
         registered = cached_model(model)
         assert registered.id is not None
+        model_id = registered.id
         if check_depth:
             check_queue_depth()
-        if scope is not None:
-            with Session(get_engine()) as session:
-                existing = find_by_scope(session, scope)
-            if existing is not None:
-                return _reuse(existing, registered, digest)
         job = Job(
             id=new_job_id(),
             kind="inference",
-            model_id=registered.id,
+            model_id=model_id,
             user_id=user_id,
             input_hash=digest,
             idempotency_key=idempotency_key,
@@ -127,37 +101,62 @@ def submit_inference(
             api_key_name=api_key_name,
             created_at=utcnow(),
         )
-        payloads.put(
-            payloads.Payload(job.id, registered.id, user_id, job.input_hash or "", job.created_at, data, api_key_name),
-            settings.payload_ttl_s,
+        payload = payloads.Payload(job.id, model_id, user_id, digest, job.created_at, data, api_key_name)
+        return accept_job(
+            job,
+            store_payload=lambda: payloads.put(payload, settings.payload_ttl_s),
+            actor=actor,
+            reuse=lambda existing: _reuse(existing, registered, digest),
+            label=registered.ref,
         )
-        try:
-            # A Core insert: the ORM's unit of work costs more than the statement here.
-            with get_engine().begin() as connection:
-                connection.execute(insert(Job), job.model_dump())
-        except IntegrityError:
-            # Another request with the same idempotency key won the race: return its job.
-            payloads.delete(job.id)
-            with Session(get_engine()) as session:
-                existing = find_by_scope(session, scope or "")
-            if existing is None:
-                raise
-            return _reuse(existing, registered, digest)
-        try:
-            actor.send(job.id)
-        except redis.RedisError as exc:
-            # Not accepted after all: remove the row, so a retry with the same idempotency key
-            # makes a new job instead of finding this one.
-            with session_scope() as session:
-                session.execute(delete(Job).where(col(Job.id) == job.id))
-            with contextlib.suppress(redis.RedisError):
-                payloads.delete(job.id)
-            raise RetryableError("The queue (Redis) is unavailable; try again shortly.") from exc
-        return SubmitOutcome(job.id, job.status, registered.ref)
     except redis.RedisError as exc:
         raise RetryableError("The queue (Redis) is unavailable; try again shortly.") from exc
     except (OperationalError, ProgrammingError) as exc:
         raise database_error(exc) from exc
+
+
+def accept_job(
+    job: Job,
+    *,
+    store_payload: Callable[[], None],
+    actor: Sender,
+    reuse: Callable[[Job], SubmitOutcome],
+    label: str,
+) -> SubmitOutcome:
+    """Record a validated job, store its payload and enqueue it, in the order that loses nothing.
+
+    A job whose idempotency scope already names one returns `reuse(existing)` instead (also when
+    a concurrent request wins the race). Redis and database errors propagate to the caller.
+    """
+    if job.idempotency_scope is not None:
+        with Session(get_engine()) as session:
+            existing = find_by_scope(session, job.idempotency_scope)
+        if existing is not None:
+            return reuse(existing)
+    store_payload()
+    try:
+        # A Core insert: the ORM's unit of work costs more than the statement here.
+        with get_engine().begin() as connection:
+            connection.execute(insert(Job), job.model_dump())
+    except IntegrityError:
+        # Another request with the same idempotency key won the race: return its job.
+        payloads.delete(job.id)
+        with Session(get_engine()) as session:
+            existing = find_by_scope(session, job.idempotency_scope or "")
+        if existing is None:
+            raise
+        return reuse(existing)
+    try:
+        actor.send(job.id)
+    except redis.RedisError as exc:
+        # Not accepted after all: remove the row, so a retry with the same idempotency key
+        # makes a new job instead of finding this one.
+        with session_scope() as session:
+            session.execute(delete(Job).where(col(Job.id) == job.id))
+        with contextlib.suppress(redis.RedisError):
+            payloads.delete(job.id)
+        raise RetryableError("The queue (Redis) is unavailable; try again shortly.") from exc
+    return SubmitOutcome(job.id, job.status, label)
 
 
 TEXT_LIMITS = {"model": 260, "user_id": 200, "idempotency_key": 200}
@@ -175,14 +174,14 @@ def check_text(**fields: str | None) -> None:
             raise OnnxqError(f"{name}: at most {TEXT_LIMITS[name]} characters.", code="validation_error")
 
 
-def check_queue_depth() -> None:
-    """`queue_full` (with a `Retry-After`) when more inference messages wait than
-    `ONNXQ_MAX_QUEUE_DEPTH`: new work is refused before its image is put in Redis."""
+def check_queue_depth(queue: str = "inference") -> None:
+    """`queue_full` (with a `Retry-After`) when more messages wait in `queue` than
+    `ONNXQ_MAX_QUEUE_DEPTH`: new work is refused before its input is put in Redis."""
     settings = get_settings()
     if settings.max_queue_depth <= 0:
         return
     try:
-        depth = queue_depth()
+        depth = queue_depth(queue)
     except redis.RedisError as exc:
         raise RetryableError("The queue (Redis) is unavailable; try again shortly.") from exc
     if depth >= settings.max_queue_depth:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from sqlmodel import Session, col, select
 
 from onnxq.errors import ModelInactive, UnknownModel
+from schema.db import get_engine
 from schema.tables import DeploymentStatus, PytorchModel
 
 
@@ -56,3 +59,27 @@ def active_models(session: Session) -> list[PytorchModel]:
         .order_by(col(PytorchModel.model_name), col(PytorchModel.id))
     ).all()
     return list(rows)
+
+
+# Registry lookups are cached this long per process: a model switched off stops taking jobs
+# within this time, and a busy producer saves a query per job.
+MODEL_CACHE_TTL_S = 5.0
+_model_cache: dict[str, tuple[float, PytorchModel]] = {}
+
+
+def cached_model(ref: str) -> PytorchModel:
+    """`resolve_model` for `ref`, cached for `MODEL_CACHE_TTL_S` seconds."""
+    now = time.monotonic()
+    hit = _model_cache.get(ref)
+    if hit is not None and now - hit[0] < MODEL_CACHE_TTL_S:
+        return hit[1]
+    with Session(get_engine(), expire_on_commit=False) as session:
+        model = resolve_model(session, ref)
+        session.expunge(model)
+    _model_cache[ref] = (now, model)
+    return model
+
+
+def clear_model_cache() -> None:
+    """Forget cached registry lookups (tests switch databases under one process)."""
+    _model_cache.clear()

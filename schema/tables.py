@@ -114,6 +114,40 @@ class PytorchInferenceLog(SQLModel, table=True):
     row_hash: str = Field(max_length=64)
 
 
+class RouteLog(SQLModel, table=True):
+    """One row per routing job that ended: where it was sent, who served it, what it cost.
+
+    The query itself is never stored: `input_hash` is its HMAC under the audit key, like an
+    image's. Cost reports and threshold calibration read this table.
+    """
+
+    __tablename__ = "route_logs"
+    __table_args__ = (Index("ix_route_logs_created_at", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(max_length=32, unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    user_id: str | None = Field(default=None, max_length=200)
+    api_key_name: str | None = Field(default=None, max_length=100)
+    input_hash: str = Field(max_length=64)
+    score: int
+    complexity: str = Field(max_length=20)
+    reason: str = Field(max_length=30)
+    variant: str | None = Field(default=None, max_length=20)
+    decided_backend: str = Field(max_length=100)
+    # None when every backend failed.
+    served_by: str | None = Field(default=None, max_length=100)
+    served_tier: str | None = Field(default=None, max_length=20)
+    fallback_used: bool = False
+    fallback_reason: str | None = Field(default=None, max_length=300)
+    cost: float = 0.0
+    # What the same query would have cost on the remote tier: the baseline of the savings report.
+    all_remote_cost: float = 0.0
+    latency_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
 class ApiKey(SQLModel, table=True):
     """An API key of the web process: only its SHA-256 is stored; the key is shown once."""
 

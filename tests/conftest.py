@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import redis
 
+from tests.fake_llm import fake_llm  # noqa: F401  (the fake OpenAI-compatible API, for every test file)
+
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = bool(os.environ.get("CI"))
 TEST_REDIS_URL = os.environ.get("ONNXQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -91,12 +93,14 @@ os.environ.pop("DATABASE_URL", None)
 def _reset_caches() -> None:
     from onnxq.payloads import get_redis
     from onnxq.settings import get_settings
-    from producer.client import clear_model_cache
     from producer.keys import clear_key_cache
     from schema.db import get_engine
+    from schema.registry import clear_model_cache
+    from workers.routing.config import get_router_config
 
     clear_model_cache()
     clear_key_cache()
+    get_router_config.cache_clear()
     get_settings.cache_clear()
     get_engine().dispose()
     get_engine.cache_clear()

@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 
 from onnxq.cli import app as cli
 from onnxq.payloads import payload_key
-from producer.client import clear_model_cache
 from producer.keys import clear_key_cache, create_key
 from producer.web.app import create_app
 from schema.audit import verify_chain
 from schema.db import get_engine, session_scope
+from schema.registry import clear_model_cache
 from schema.tables import ApiKey, Job, PytorchModel
 from tests.conftest import AUDIT_KEY
 from tests.corpus import corpus

@@ -32,8 +32,13 @@ CONFIG = schemathesis.Config.from_dict(
     {
         "operations": [
             {
-                "include-path-regex": "^/v1/jobs/inference|^/api/pytorch/inference$",
+                "include-path-regex": "^/v1/jobs/inference|^/api/pytorch/inference$|^/v1/jobs/route$",
                 "checks": {"positive_data_acceptance": {"expected-statuses": IMAGE_REFUSALS}},
+            },
+            {
+                # A backend name that router.toml does not have, or a date that does not exist.
+                "include-path-regex": "^/v1/route/decide$|^/v1/reports/costs$",
+                "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "401", "403", "422", "429"]}},
             },
             {
                 "include-path-regex": "/feedback$",

@@ -16,7 +16,7 @@ from onnxq.settings import get_settings
 from schema.db import session_scope
 from schema.jobs import fail_job
 from schema.tables import TERMINAL_STATUSES, Job, utcnow
-from workers.broker import INFERENCE_QUEUE, MAINTENANCE_QUEUE, broker
+from workers.broker import INFERENCE_QUEUE, MAINTENANCE_QUEUE, ROUTING_QUEUE, broker
 from workers.inference import ModelRunner, Prepared
 from workers.preprocess import preprocess
 from workers.runtime import get_runtime
@@ -31,6 +31,19 @@ def _fail(job_id: str, error: OnnxqError) -> None:
     payloads.delete(job_id)
     notify.publish_ended([job_id])
     log.info("job %s failed: %s", job_id, error.code)
+
+
+def _payload_gone(job_id: str) -> None:
+    """No payload: a redelivery of a job that already ended (nothing to do), or a job whose
+    input expired or was purged (it fails with `payload_missing`)."""
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            log.warning("message for unknown job %s dropped", job_id)
+            return
+        if job.status in TERMINAL_STATUSES:
+            return
+    _fail(job_id, PayloadMissing("The job's input expired or was purged before a worker ran it."))
 
 
 @dramatiq.actor(queue_name=MAINTENANCE_QUEUE, max_retries=10, broker=broker)
@@ -78,14 +91,7 @@ def prepare(job_id: str) -> tuple[ModelRunner, Prepared] | None:
     picked_at = utcnow()
     payload = payloads.fetch(job_id)
     if payload is None:
-        with session_scope() as session:
-            job = session.get(Job, job_id)
-            if job is None:
-                log.warning("message for unknown job %s dropped", job_id)
-                return None
-            if job.status in TERMINAL_STATUSES:
-                return None  # a redelivery of a job that already ended
-        _fail(job_id, PayloadMissing("The job's input expired or was purged before a worker ran it."))
+        _payload_gone(job_id)
         return None
     try:
         runner = get_runtime().runner(payload.model_id)
@@ -105,3 +111,28 @@ def prepare(job_id: str) -> tuple[ModelRunner, Prepared] | None:
         payload.api_key_name,
         created_at=payload.created_at,
     )
+
+
+@dramatiq.actor(
+    queue_name=ROUTING_QUEUE,
+    max_retries=_settings.job_max_retries,
+    min_backoff=_settings.job_min_backoff_ms,
+    max_backoff=_settings.job_max_backoff_ms,
+    on_retry_exhausted=fail_exhausted_job.actor_name,
+    broker=broker,
+)
+def run_route(job_id: str) -> None:
+    """Run one routing job: its decided backend, then fallbacks; record the answer and its cost.
+
+    Backend failures are handled by falling back (a job with no backend left fails with
+    `all_backends_failed`); database or Redis failures are raised so Dramatiq retries.
+    """
+    from workers.routing.job import run_routing_job
+
+    payload = payloads.fetch_route(job_id)
+    if payload is None:
+        _payload_gone(job_id)
+        return
+    run_routing_job(payload)
+    payloads.delete(job_id)
+    notify.publish_ended([job_id])

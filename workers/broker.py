@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 INFERENCE_QUEUE = "inference"
 MAINTENANCE_QUEUE = "maintenance"
+ROUTING_QUEUE = "routing"
 
 
 class ModelsMiddleware(dramatiq.Middleware):

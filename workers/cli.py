@@ -89,7 +89,7 @@ def worker(
     from dramatiq.cli import main as dramatiq_main
     from dramatiq.cli import make_argument_parser
 
-    from workers.broker import INFERENCE_QUEUE, MAINTENANCE_QUEUE
+    from workers.broker import INFERENCE_QUEUE, MAINTENANCE_QUEUE, ROUTING_QUEUE
 
     settings = get_settings()
     threads = threads or default_threads()
@@ -102,7 +102,7 @@ def worker(
         "workers.actors",
         "--processes", str(processes or settings.worker_processes),
         "--threads", str(threads),
-        "--queues", INFERENCE_QUEUE, MAINTENANCE_QUEUE,
+        "--queues", INFERENCE_QUEUE, ROUTING_QUEUE, MAINTENANCE_QUEUE,
     ]  # fmt: skip
     if verbose:
         argv.append("--verbose")

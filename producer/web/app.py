@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from onnxq import __version__
 from onnxq.errors import OnnxqError
 from onnxq.settings import get_settings
-from producer.web import jobs, metrics, seed, system
+from producer.web import jobs, metrics, route, seed, system
 from producer.web.bodies import JSON_OVERHEAD_BYTES, base64_length
 from producer.web.errors import (
     database_error_handler,
@@ -44,6 +44,7 @@ def create_app() -> FastAPI:
         limits={
             "/v1/jobs/inference": image_body,
             "/api/pytorch/inference": image_body,
+            "/v1/jobs/route": image_body,
             "/v1/jobs/inference:batch": settings.max_batch_request_bytes + JSON_OVERHEAD_BYTES,
         },
         default_bytes=JSON_OVERHEAD_BYTES,  # feedback and the like: small JSON
@@ -52,6 +53,8 @@ def create_app() -> FastAPI:
     )
     # Added last, so outermost: it also counts the requests BodyLimit refuses.
     app.add_middleware(metrics.RequestMetrics)
+    # Before jobs: POST /v1/jobs/route must be matched ahead of GET /v1/jobs/{job_id}.
+    app.include_router(route.router)
     app.include_router(jobs.router)
     app.include_router(system.router)
     app.include_router(seed.router)

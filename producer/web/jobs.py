@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from onnxq.errors import OnnxqError
 from onnxq.settings import get_settings
-from producer.client import cached_model, check_queue_depth, get_job, record_feedback, submit_inference
+from producer.client import check_queue_depth, get_job, record_feedback, submit_inference
 from producer.web.auth import Caller, require_key
 from producer.web.bodies import (
     JSON_OVERHEAD_BYTES,
@@ -24,6 +24,7 @@ from producer.web.bodies import (
 )
 from producer.web.errors import ErrorDetail, responses
 from producer.web.metrics import count_submitted
+from schema.registry import cached_model
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JobId = Annotated[str, Path(description="The id a submission answered with", pattern=NO_NUL)]
@@ -40,7 +41,7 @@ class JobView(BaseModel):
     """A job as users see it (`onnxq status --json` prints the same)."""
 
     job_id: str
-    kind: str = Field(description="inference")
+    kind: str = Field(description="inference or route")
     status: Literal["queued", "running", "succeeded", "failed"]
     created_at: str = Field(description="ISO 8601, UTC")
     started_at: str | None

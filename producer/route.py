@@ -1,0 +1,119 @@
+"""The Python API for routing queries: submit one as a routing job, or only ask where it would go.
+
+from producer.route import submit_route, decide_route
+outcome, decision = submit_route("Bu göğüs röntgeninde pnömoni var mı?", image=png_bytes, user_id="42")
+decision = decide_route("Merhaba")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from onnxq import payloads
+from onnxq.errors import IdempotencyConflict, OnnxqError, RetryableError
+from onnxq.images import image_limits, inspect_image
+from onnxq.settings import get_settings
+from producer.client import (
+    Sender,
+    SubmitOutcome,
+    accept_job,
+    check_queue_depth,
+    check_text,
+    database_error,
+)
+from schema.audit import input_hash
+from schema.jobs import idempotency_scope, new_job_id
+from schema.tables import Job, utcnow
+from workers.routing import cooldown
+from workers.routing.config import get_router_config
+from workers.routing.decide import decide
+
+
+def check_query(query: str) -> None:
+    """`validation_error` for a query that is empty, too long or holds a NUL character."""
+    limit = get_settings().max_query_chars
+    if not query.strip():
+        raise OnnxqError("query: must not be empty.", code="validation_error")
+    if len(query) > limit:
+        raise OnnxqError(f"query: at most {limit} characters (ONNXQ_MAX_QUERY_CHARS).", code="validation_error")
+    if "\x00" in query:
+        raise OnnxqError("query: must not contain NUL characters.", code="validation_error")
+
+
+def decide_route(query: str, *, user_id: str | None = None, backend: str | None = None) -> dict[str, Any]:
+    """The routing decision for `query`, at once: no job, no backend call (the seed's
+    `router.route()`). Backends cooling down after failures are passed over, as a job would."""
+    check_query(query)
+    decision = decide(
+        query,
+        get_router_config(),
+        get_settings().audit_key_bytes(),
+        user_id=user_id,
+        backend=backend,
+        available=cooldown.available,
+    )
+    return decision.as_dict()
+
+
+def submit_route(
+    query: str,
+    *,
+    image: bytes | None = None,
+    user_id: str | None = None,
+    backend: str | None = None,
+    idempotency_key: str | None = None,
+    api_key_name: str | None = None,
+    actor: Sender | None = None,
+) -> tuple[SubmitOutcome, dict[str, Any]]:
+    """Decide where `query` goes, record a `route` job and enqueue it; returns the accepted job
+    and the decision. The query is kept only in the job's Redis payload until the job ends; SQL
+    gets its keyed hash. Errors as `submit_inference`'s."""
+    if actor is None:
+        from workers.actors import run_route  # imports the broker; kept out of module import
+
+        actor = run_route
+    settings = get_settings()
+    check_text(user_id=user_id, idempotency_key=idempotency_key)
+    if image is not None:
+        inspect_image(image, **image_limits())
+    decision = decide_route(query, user_id=user_id, backend=backend)
+    digest = input_hash(settings.audit_key_bytes(), query.encode())
+    scope = idempotency_scope(user_id, idempotency_key, api_key_name) if idempotency_key else None
+    try:
+        check_queue_depth("routing")
+        job = Job(
+            id=new_job_id(),
+            kind="route",
+            user_id=user_id,
+            input_hash=digest,
+            idempotency_key=idempotency_key,
+            idempotency_scope=scope,
+            api_key_name=api_key_name,
+            created_at=utcnow(),
+        )
+        payload = payloads.RoutePayload(
+            job.id, query, decision, user_id, digest, job.created_at, image=image, api_key_name=api_key_name
+        )
+        outcome = accept_job(
+            job,
+            store_payload=lambda: payloads.put_route(payload, settings.payload_ttl_s),
+            actor=actor,
+            reuse=lambda existing: _reuse(existing, digest),
+            label=decision["backend"],
+        )
+    except redis.RedisError as exc:
+        raise RetryableError("The queue (Redis) is unavailable; try again shortly.") from exc
+    except (OperationalError, ProgrammingError) as exc:
+        raise database_error(exc) from exc
+    return outcome, decision
+
+
+def _reuse(existing: Job, digest: str) -> SubmitOutcome:
+    if existing.kind != "route" or existing.input_hash != digest:
+        raise IdempotencyConflict(
+            "This idempotency key was already used for a different request; use a new key for a new request."
+        )
+    return SubmitOutcome(existing.id, existing.status, "", reused=True)

@@ -1,0 +1,74 @@
+"""`onnxq route`: send a query through the hybrid router (or only ask where it would go)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from onnxq.errors import OnnxqError
+
+err = Console(stderr=True)
+
+
+def route(
+    query: str = typer.Argument(..., help="The query text (never stored or logged; only its keyed hash)."),
+    image: Path | None = typer.Option(None, "--image", help="An image for the local (ONNX) backend."),
+    user: str | None = typer.Option(None, "--user", help="User id: keeps the medium-query A/B split sticky."),
+    backend: str | None = typer.Option(None, "--backend", help="Force this backend of router.toml."),
+    idempotency_key: str | None = typer.Option(None, "--idempotency-key", help="Same key (per user) → same job."),
+    decide_only: bool = typer.Option(False, "--decide-only", help="Only print the decision: no job, no backend call."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the answer before printing."),
+    timeout_s: float = typer.Option(300.0, "--timeout", help="Seconds to wait with --wait."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Classify a query and route it to a local or remote backend, as a job (`kind: route`)."""
+    from producer.cli import human, read_image
+    from producer.client import get_job, wait_for_jobs
+    from producer.route import decide_route, submit_route
+
+    try:
+        if decide_only:
+            decision = decide_route(query, user_id=user, backend=backend)
+            sys.stdout.write((json.dumps(decision, ensure_ascii=False) if as_json else describe(decision)) + "\n")
+            return
+        data = read_image(image) if image is not None else None
+        outcome, decision = submit_route(
+            query, image=data, user_id=user, backend=backend, idempotency_key=idempotency_key
+        )
+        view = wait_for_jobs([outcome.job_id], timeout_s=timeout_s)[outcome.job_id] if wait else get_job(outcome.job_id)
+    except OSError as exc:
+        err.print(f"[red]cannot read {image}[/red]: {exc.strerror}")
+        raise typer.Exit(1) from None
+    except OnnxqError as exc:
+        if as_json:
+            sys.stdout.write(json.dumps({"job_id": None, "status": "refused", "error": exc.as_dict()}) + "\n")
+        else:
+            err.print(f"[red]{exc.code}[/red]: {exc.message}")
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(json.dumps(view if wait else {**view, "decision": decision}, ensure_ascii=False) + "\n")
+    else:
+        if not wait:
+            typer.echo(describe(decision))
+        typer.echo(human(view))
+    if view["status"] == "failed":
+        raise typer.Exit(1)
+
+
+def describe(decision: dict[str, Any]) -> str:
+    """A decision in a few human lines."""
+    c = decision["classification"]
+    variant = f", variant {decision['variant']}" if decision["variant"] else ""
+    lines = [
+        f"{c['complexity']} (score {c['score']}) → {decision['backend']} "
+        f"[{decision['tier']}, {decision['reason']}{variant}], estimated cost {decision['estimated_cost']:g}"
+    ]
+    for rule in c["rules"]:
+        matched = f": {', '.join(rule['matched'])}" if rule["matched"] else ""
+        lines.append(f"  +{rule['points']} {rule['rule']}{matched}")
+    return "\n".join(lines)

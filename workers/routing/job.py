@@ -1,0 +1,93 @@
+"""One routing job from payload to committed result: mark it running, execute the decision
+with fallback, then write the job's result and its route log in one transaction."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from onnxq.errors import OnnxqError
+from onnxq.payloads import RoutePayload
+from schema.db import session_scope
+from schema.jobs import mark_running
+from schema.routes import finish_route
+from schema.tables import utcnow
+from workers.routing.config import RouterConfig, get_router_config
+from workers.routing.decide import estimated_cost
+from workers.routing.execute import RouteOutcome, execute
+
+log = logging.getLogger(__name__)
+
+
+def run_routing_job(payload: RoutePayload) -> None:
+    """Execute `payload`'s decision and record the outcome (idempotent per job id)."""
+    config = get_router_config()
+    decision = payload.decision
+    with session_scope() as session:
+        mark_running(session, {payload.job_id: utcnow()})
+    outcome: RouteOutcome | None = None
+    error: OnnxqError | None = None
+    try:
+        outcome = execute(config, decision["backend"], payload.query, payload.image)
+    except OnnxqError as exc:
+        error = exc
+    row = route_log(config, payload, outcome)
+    with session_scope() as session:
+        written = finish_route(
+            session, payload.job_id, row, result=None if outcome is None else result(decision, outcome), error=error
+        )
+    if written:
+        log.info(
+            "route job %s: %s → %s%s",
+            payload.job_id,
+            decision["backend"],
+            outcome.served.backend if outcome else "nobody",
+            " (fallback)" if outcome and outcome.fallback_used else "",
+        )
+
+
+def result(decision: dict[str, Any], outcome: RouteOutcome) -> dict[str, Any]:
+    """The job's result: the decision, who really answered, the answer and what it cost."""
+    served = outcome.served
+    body: dict[str, Any] = {
+        "decision": decision,
+        "served_by": served.backend,
+        "served_tier": served.tier,
+        "fallback_used": outcome.fallback_used,
+        "fallback_reason": outcome.fallback_reason,
+        "answer": served.answer,
+        "cost": served.cost,
+        "latency_ms": served.latency_ms,
+        "details": served.details,
+    }
+    if served.prompt_tokens is not None:
+        body["tokens"] = {"prompt": served.prompt_tokens, "completion": served.completion_tokens}
+    return body
+
+
+def route_log(config: RouterConfig, payload: RoutePayload, outcome: RouteOutcome | None) -> dict[str, Any]:
+    """The route log row: the decision, the outcome, the cost, and the all-remote baseline (the
+    remote tier's first backend for this query, or the actual cost if the remote tier served)."""
+    decision = payload.decision
+    classification = decision["classification"]
+    baseline = estimated_cost(config, config.routing.remote[0], classification["word_count"])
+    served = outcome.served if outcome is not None else None
+    return {
+        "user_id": payload.user_id,
+        "api_key_name": payload.api_key_name,
+        "input_hash": payload.input_hash,
+        "score": classification["score"],
+        "complexity": classification["complexity"],
+        "reason": decision["reason"],
+        "variant": decision["variant"],
+        "decided_backend": decision["backend"],
+        "served_by": served.backend if served else None,
+        "served_tier": served.tier if served else None,
+        "fallback_used": bool(outcome and outcome.fallback_used),
+        "fallback_reason": (outcome.fallback_reason if outcome else None),
+        "cost": served.cost if served else 0.0,
+        "all_remote_cost": served.cost if served and served.tier == "remote" else (baseline if served else 0.0),
+        "latency_ms": served.latency_ms if served else None,
+        "prompt_tokens": served.prompt_tokens if served else None,
+        "completion_tokens": served.completion_tokens if served else None,
+    }
