@@ -11,7 +11,7 @@ from onnxq.logs import configure as configure_logging
 from onnxq.settings import get_settings
 from producer.cli import status, submit
 from producer.report_cli import report_app
-from producer.route_cli import route
+from producer.route_cli import route, router_app
 from producer.web.cli import api, keys_app
 from schema.cli import audit_app, db_app
 from workers.cli import models_app, worker
@@ -40,6 +40,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(report_app, name="report")
+app.add_typer(router_app, name="router")
 app.command("submit")(submit)
 app.command("status")(status)
 app.command("route")(route)

@@ -72,3 +72,51 @@ def describe(decision: dict[str, Any]) -> str:
         matched = f": {', '.join(rule['matched'])}" if rule["matched"] else ""
         lines.append(f"  +{rule['points']} {rule['rule']}{matched}")
     return "\n".join(lines)
+
+
+router_app = typer.Typer(help="The hybrid router's configuration.", no_args_is_help=True)
+
+
+@router_app.command("calibrate")
+def calibrate(
+    remote_share: float = typer.Option(..., "--remote-share", help="Wanted share of queries on the remote tier, 0-1."),
+    since: str | None = typer.Option(None, "--since", help="Calibrate on jobs since (YYYY-MM-DD); default 30 days."),
+    apply: bool = typer.Option(False, "--apply", help="Write the thresholds to router.toml."),
+) -> None:
+    """Choose the medium/complex thresholds that would have sent `--remote-share` of recent
+    queries to the remote tier; show the change; write it only with --apply."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlmodel import Session
+
+    from onnxq.settings import get_settings
+    from producer.reports import parse_since
+    from schema.db import get_engine
+    from schema.routes import recent_scores
+    from workers.routing.calibrate import calibrate as choose
+    from workers.routing.calibrate import write_thresholds
+    from workers.routing.config import get_router_config
+
+    try:
+        start = parse_since(since) or datetime.now(UTC) - timedelta(days=30)
+        config = get_router_config()
+    except OnnxqError as exc:
+        err.print(f"[red]{exc.code}[/red]: {exc.message}")
+        raise typer.Exit(1) from None
+    with Session(get_engine()) as session:
+        scores = recent_scores(session, start)
+    try:
+        result = choose(scores, config, remote_share)
+    except ValueError as exc:
+        err.print(f"[red]cannot calibrate[/red]: {exc}")
+        raise typer.Exit(1) from None
+    (m0, c0), (m1, c1) = result.current, result.proposed
+    typer.echo(f"{result.samples} routed queries since {start:%Y-%m-%d}; wanted remote share {remote_share:.0%}")
+    typer.echo(f"  now:      medium_at = {m0}, complex_at = {c0} → remote share {result.current_share:.1%}")
+    typer.echo(f"  proposed: medium_at = {m1}, complex_at = {c1} → remote share {result.proposed_share:.1%}")
+    if not apply:
+        typer.echo("  (not written: add --apply)")
+        return
+    path = get_settings().router_config
+    write_thresholds(path, m1, c1)
+    typer.echo(f"  written to {path}; web and worker processes pick it up on their next query")

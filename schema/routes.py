@@ -73,3 +73,11 @@ def first_and_last(session: Session, since: datetime | None) -> tuple[datetime |
         query = query.where(col(RouteLog.created_at) >= since)
     first, last = session.exec(query).one()
     return first, last
+
+
+def recent_scores(session: Session, since: datetime | None) -> list[int]:
+    """The scores of routed (not forced) queries, for threshold calibration."""
+    query = select(RouteLog.score).where(col(RouteLog.reason) != "forced")
+    if since is not None:
+        query = query.where(col(RouteLog.created_at) >= since)
+    return list(session.exec(query).all())

@@ -96,11 +96,11 @@ def _reset_caches() -> None:
     from producer.keys import clear_key_cache
     from schema.db import get_engine
     from schema.registry import clear_model_cache
-    from workers.routing.config import get_router_config
+    from workers.routing.config import clear_router_config
 
     clear_model_cache()
     clear_key_cache()
-    get_router_config.cache_clear()
+    clear_router_config()
     get_settings.cache_clear()
     get_engine().dispose()
     get_engine.cache_clear()

@@ -44,10 +44,10 @@ def router(migrated: str, fake_llm: FakeLLM, tmp_path: Path, monkeypatch: pytest
     path.write_text(text)
     monkeypatch.setenv("ONNXQ_ROUTER_CONFIG", str(path))
     from onnxq.settings import get_settings
-    from workers.routing.config import get_router_config
+    from workers.routing.config import clear_router_config
 
     get_settings.cache_clear()
-    get_router_config.cache_clear()
+    clear_router_config()
     return fake_llm
 
 
@@ -213,3 +213,30 @@ def test_a_missing_router_config_is_a_clear_error(_no_router_config: None) -> No
     result = runner.invoke(cli, ["route", SIMPLE, "--decide-only"])
     assert result.exit_code == 1
     assert "invalid_router_config" in result.output and "ONNXQ_ROUTER_CONFIG" in result.output
+
+
+def test_a_local_model_that_is_down_falls_back_to_remote(router: FakeLLM, worker: object) -> None:
+    from sqlalchemy import update
+
+    from schema.db import session_scope
+    from schema.registry import clear_model_cache
+    from schema.tables import PytorchModel
+
+    router.script(FakeLLM.ok("from the API"))
+    with session_scope() as session:
+        session.execute(update(PytorchModel).values(deployment_status="inactive"))
+    clear_model_cache()
+    image = (REPO / "samples" / "normal_2.png").read_bytes()
+    result = _run(SIMPLE, image=image)["result"]
+    assert (result["served_by"], result["fallback_reason"]) == ("llm", "chest-xray: model_inactive")
+
+
+def test_an_idempotency_key_returns_the_same_routing_job(router: FakeLLM) -> None:
+    from onnxq.errors import OnnxqError
+
+    first, _ = submit_route(SIMPLE, user_id="u", idempotency_key="k1")
+    again, _ = submit_route(SIMPLE, user_id="u", idempotency_key="k1")
+    assert again.job_id == first.job_id and again.reused
+    with pytest.raises(OnnxqError) as conflict:
+        submit_route(MEDIUM, user_id="u", idempotency_key="k1")
+    assert conflict.value.code == "idempotency_conflict"

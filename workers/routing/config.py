@@ -123,7 +123,22 @@ def load_router_config(path: Path) -> RouterConfig:
         raise InvalidRouterConfig(f"{path}: {where}: {first['msg']}") from None
 
 
-@lru_cache(maxsize=1)
 def get_router_config() -> RouterConfig:
-    """The process's router config (`ONNXQ_ROUTER_CONFIG`, default router.toml)."""
-    return load_router_config(get_settings().router_config)
+    """The process's router config (`ONNXQ_ROUTER_CONFIG`, default router.toml), read again
+    when the file changes (so `onnxq router calibrate --apply` needs no restart)."""
+    path = get_settings().router_config
+    try:
+        changed = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        raise InvalidRouterConfig(f"No router config at {path}: set ONNXQ_ROUTER_CONFIG.") from None
+    return _cached(path.resolve(), changed)
+
+
+@lru_cache(maxsize=4)
+def _cached(path: Path, _changed: int) -> RouterConfig:
+    return load_router_config(path)
+
+
+def clear_router_config() -> None:
+    """Forget cached configs (tests switch files under one process)."""
+    _cached.cache_clear()
