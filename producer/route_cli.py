@@ -53,8 +53,7 @@ def route(
     if as_json:
         sys.stdout.write(json.dumps(view if wait else {**view, "decision": decision}, ensure_ascii=False) + "\n")
     else:
-        if not wait:
-            typer.echo(describe(decision))
+        typer.echo(describe(decision))
         typer.echo(human(view))
     if view["status"] == "failed":
         raise typer.Exit(1)

@@ -89,7 +89,7 @@ def classify(query: str, scoring: Scoring) -> Classification:
     count = len(tokens)
     bucket = next((b for b in scoring.word_buckets if count < b.below), None)
     length_points = bucket.points if bucket is not None else scoring.long_points
-    hits = [RuleHit("length", length_points, (f"{count} words",))]
+    hits = [RuleHit("length", length_points, (f"{count} word{'' if count == 1 else 's'}",))]
     for name, rule in scoring.rules.items():
         matched = tuple(term for term in rule.terms if matches(term, tokens))
         if matched:
