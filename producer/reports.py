@@ -28,21 +28,24 @@ def parse_since(text: str | None) -> datetime | None:
         raise OnnxqError(
             f"since: {text!r} is not a date (YYYY-MM-DD) or ISO timestamp.", code="validation_error"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def cost_report(since: datetime | None = None) -> dict[str, Any]:
+def cost_report(since: datetime | None = None, *, api_key_name: str | None = None) -> dict[str, Any]:
     """Requests and cost per backend that served, the all-remote baseline, the savings, and the
-    seed's daily / monthly / yearly projection at the observed daily volume."""
+    seed's daily / monthly / yearly projection at the observed daily volume. With
+    `api_key_name`, only that key's jobs."""
     with Session(get_engine()) as session:
-        rows = cost_rows(session, since)
-        first, last = first_and_last(session, since)
+        rows = cost_rows(session, since, api_key_name)
+        first, last = first_and_last(session, since, api_key_name)
     requests = sum(row["requests"] for row in rows)
     cost = sum(row["cost"] for row in rows)
     baseline = sum(row["all_remote_cost"] for row in rows)
     savings = baseline - cost
-    # Whole days observed, at least one: a few minutes of traffic projects as one day's worth.
-    days = max(1, math.ceil((last - first) / timedelta(days=1))) if first and last else 1
+    # Whole days observed (the asked-for window up to now, else first to last job), at least one:
+    # a few minutes of traffic projects as one day's worth.
+    start, end = (since, datetime.now(UTC)) if since is not None else (first, last)
+    days = max(1, math.ceil((end - start) / timedelta(days=1))) if start and end else 1
     daily = {"requests": requests / days, "cost": cost / days, "all_remote_cost": baseline / days}
     daily["savings"] = daily["all_remote_cost"] - daily["cost"]
     monthly = {key: value * DAYS_PER_MONTH for key, value in daily.items()}

@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlmodel import Session
 
 from onnxq import payloads
 from onnxq.errors import IdempotencyConflict, OnnxqError, RetryableError
@@ -25,6 +26,7 @@ from producer.client import (
     database_error,
 )
 from schema.audit import input_hash
+from schema.db import get_engine
 from schema.jobs import idempotency_scope, new_job_id
 from schema.tables import Job, utcnow
 from workers.routing import cooldown
@@ -104,11 +106,24 @@ def submit_route(
             reuse=lambda existing: _reuse(existing, digest),
             label=decision["backend"],
         )
+        if outcome.reused:
+            # The job an idempotency key names was decided when it was submitted.
+            decision = _stored_decision(outcome.job_id) or decision
     except redis.RedisError as exc:
         raise RetryableError("The queue (Redis) is unavailable; try again shortly.") from exc
     except (OperationalError, ProgrammingError) as exc:
         raise database_error(exc) from exc
     return outcome, decision
+
+
+def _stored_decision(job_id: str) -> dict[str, Any] | None:
+    payload = payloads.fetch_route(job_id)
+    if payload is not None:
+        return payload.decision
+    with Session(get_engine()) as session:
+        job = session.get(Job, job_id)
+    stored = (job.result or {}).get("decision") if job is not None else None
+    return stored if isinstance(stored, dict) else None
 
 
 def _reuse(existing: Job, digest: str) -> SubmitOutcome:

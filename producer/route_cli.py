@@ -16,7 +16,9 @@ err = Console(stderr=True)
 
 
 def route(
-    query: str = typer.Argument(..., help="The query text (never stored or logged; only its keyed hash)."),
+    query: str = typer.Argument(
+        ..., help="The query text, or - to read it from stdin (kept out of `ps` and shell history)."
+    ),
     image: Path | None = typer.Option(None, "--image", help="An image for the local (ONNX) backend."),
     user: str | None = typer.Option(None, "--user", help="User id: keeps the medium-query A/B split sticky."),
     backend: str | None = typer.Option(None, "--backend", help="Force this backend of router.toml."),
@@ -31,6 +33,8 @@ def route(
     from producer.client import get_job, wait_for_jobs
     from producer.route import decide_route, submit_route
 
+    if query == "-":
+        query = sys.stdin.read().strip()
     try:
         if decide_only:
             decision = decide_route(query, user_id=user, backend=backend)

@@ -11,6 +11,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from onnxq.errors import OnnxqError
+from schema.audit import append_rows, lock_chain
 from schema.jobs import ERROR_MESSAGE_MAX
 from schema.tables import TERMINAL_STATUSES, Job, JobStatus, RouteLog, utcnow
 
@@ -22,9 +23,14 @@ def finish_route(
     *,
     result: dict[str, Any] | None = None,
     error: OnnxqError | None = None,
+    audit: tuple[bytes, dict[str, Any]] | None = None,
 ) -> bool:
     """End a routing job (succeeded with `result`, or failed with `error`) and record its route
-    log. A job that already ended (a redelivery) is left alone: False."""
+    log, and, when a registered model classified its image, that inference's chained audit row
+    (`audit`: the key and the row). A job that already ended (a redelivery) is left alone: False.
+    """
+    # The chain lock first, as finish_batches explains (on SQLite it is the write lock).
+    head = lock_chain(session) if audit is not None else None
     values: dict[str, Any] = {"finished_at": utcnow()}
     if error is None:
         values.update(status=JobStatus.SUCCEEDED.value, result=result)
@@ -38,10 +44,13 @@ def finish_route(
     if not changed.rowcount:  # type: ignore[attr-defined]
         return False
     session.execute(insert(RouteLog), [{**log_row, "job_id": job_id, "created_at": values["finished_at"]}])
+    if audit is not None and head is not None:
+        key, row = audit
+        append_rows(session, key, head, [{**row, "job_id": job_id, "created_at": values["finished_at"]}])
     return True
 
 
-def cost_rows(session: Session, since: datetime | None) -> list[dict[str, Any]]:
+def cost_rows(session: Session, since: datetime | None, api_key_name: str | None = None) -> list[dict[str, Any]]:
     """Per backend that served: requests, actual cost, and what the same queries would have cost
     on the remote tier. Jobs that no backend could serve appear under `served_by` None."""
     query = sa_select(
@@ -54,6 +63,8 @@ def cost_rows(session: Session, since: datetime | None) -> list[dict[str, Any]]:
     ).group_by(col(RouteLog.served_by), col(RouteLog.served_tier))
     if since is not None:
         query = query.where(col(RouteLog.created_at) >= since)
+    if api_key_name is not None:
+        query = query.where(col(RouteLog.api_key_name) == api_key_name)
     return [
         {
             "backend": backend,
@@ -67,10 +78,14 @@ def cost_rows(session: Session, since: datetime | None) -> list[dict[str, Any]]:
     ]
 
 
-def first_and_last(session: Session, since: datetime | None) -> tuple[datetime | None, datetime | None]:
+def first_and_last(
+    session: Session, since: datetime | None, api_key_name: str | None = None
+) -> tuple[datetime | None, datetime | None]:
     query = select(func.min(RouteLog.created_at), func.max(RouteLog.created_at))
     if since is not None:
         query = query.where(col(RouteLog.created_at) >= since)
+    if api_key_name is not None:
+        query = query.where(col(RouteLog.api_key_name) == api_key_name)
     first, last = session.exec(query).one()
     return first, last
 

@@ -28,7 +28,7 @@ import pytest
 class Behaviour:
     """What the server does with one request."""
 
-    kind: str  # "ok", "status", "raw", "hang" or "close"
+    kind: str  # "ok", "status", "raw", "hang", "trickle" or "close"
     content: str = "This is a fake answer."
     prompt_tokens: int | None = None  # None: one per word of the request's text
     completion_tokens: int | None = None  # None: one per word of the answer
@@ -86,6 +86,11 @@ class FakeLLM:
         return Behaviour("hang", seconds=seconds)
 
     @staticmethod
+    def trickle(seconds: float) -> Behaviour:
+        """Answer ok, but send the body a byte at a time over `seconds` (each read is quick)."""
+        return Behaviour("trickle", seconds=seconds)
+
+    @staticmethod
     def close() -> Behaviour:
         """Drop the connection without a response."""
         return Behaviour("close")
@@ -140,8 +145,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(behaviour.status, _error(f"Scripted HTTP {behaviour.status}.", "server_error"), headers=headers)
         elif not isinstance(received.body, dict) or not received.body.get("messages"):
             self._send(400, _error("'messages' is a required property.", "invalid_request_error"))
+        elif behaviour.kind == "trickle":
+            self._trickle(json.dumps(_completion(behaviour, received.body)).encode(), behaviour.seconds, fake)
         else:
             self._send(200, json.dumps(_completion(behaviour, received.body)).encode())
+
+    def _trickle(self, body: bytes, seconds: float, fake: FakeLLM) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        for byte in body:
+            if fake._stopping.wait(seconds / len(body)):
+                return
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
 
     def _send(
         self, status: int, body: bytes, content_type: str = "application/json", headers: dict[str, str] | None = None

@@ -196,6 +196,8 @@ def test_routing_over_http_and_the_cli(router: FakeLLM, worker: object, client: 
     assert ran.exit_code == 0, ran.output
     view = json.loads(ran.stdout)
     assert view["kind"] == "route" and view["result"]["served_by"] == "llm"
+    piped = runner.invoke(cli, ["route", "-", "--decide-only", "--json"], input=COMPLEX + "\n")
+    assert json.loads(piped.stdout)["classification"]["score"] == 70
     human = runner.invoke(cli, ["route", MEDIUM, "--decide-only"])
     assert "medium (score 30)" in human.stdout and "+20 medical" in human.stdout
 
@@ -240,3 +242,45 @@ def test_an_idempotency_key_returns_the_same_routing_job(router: FakeLLM) -> Non
     with pytest.raises(OnnxqError) as conflict:
         submit_route(MEDIUM, user_id="u", idempotency_key="k1")
     assert conflict.value.code == "idempotency_conflict"
+
+
+def test_a_locally_classified_image_gets_a_chained_audit_row(router: FakeLLM, worker: object) -> None:
+    from schema.audit import verify_chain
+    from tests.helpers import audit_rows
+
+    image = (REPO / "samples" / "pneumonia_1.png").read_bytes()
+    view = _run(MEDIUM, image=image, user_id=_user_with_variant("local"))
+    assert view["result"]["served_by"] == "chest-xray"
+    [row] = audit_rows([view["job_id"]])
+    assert row.input_hash == hmac.new(AUDIT_KEY.encode(), image, hashlib.sha256).hexdigest()
+    assert row.result["prediction"] == "Pneumonia" and row.batch_size == 1
+    with Session(get_engine()) as session:
+        assert verify_chain(session, AUDIT_KEY.encode()).ok
+
+
+def test_a_redelivered_routing_job_does_not_call_the_api_again(router: FakeLLM) -> None:
+    from onnxq import payloads
+    from workers.routing.job import run_routing_job
+
+    outcome, _ = submit_route(COMPLEX)  # no worker: the test runs the job by hand, twice
+    payload = payloads.fetch_route(outcome.job_id)
+    assert payload is not None
+    run_routing_job(payload)
+    run_routing_job(payload)  # the same message again, before its payload was deleted
+    assert len(router.requests) == 1
+    with Session(get_engine()) as session:
+        assert len(session.exec(select(RouteLog)).all()) == 1
+
+
+def test_a_model_that_crashes_falls_back_to_remote(
+    router: FakeLLM, worker: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.routing.execute as execute
+
+    def broken(*_args: object, **_kwargs: object) -> object:
+        raise RuntimeError("onnxruntime said no")
+
+    monkeypatch.setattr(execute, "preprocess", broken)
+    image = (REPO / "samples" / "normal_2.png").read_bytes()
+    result = _run(SIMPLE, image=image)["result"]
+    assert (result["served_by"], result["fallback_reason"]) == ("llm", "chest-xray: inference_failed")

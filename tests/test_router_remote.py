@@ -165,6 +165,16 @@ def test_a_hanging_server_times_out(fake_llm: FakeLLM) -> None:
     assert len(fake_llm.requests) == 1
 
 
+def test_a_trickling_answer_is_cut_off_at_the_timeout(fake_llm: FakeLLM) -> None:
+    # Each byte arrives well within the timeout, the whole answer does not: the timeout is the
+    # attempt's, not the read's
+    fake_llm.script(FakeLLM.trickle(20))
+
+    refused = failure(backend(fake_llm, timeout_s=0.5, retries=0))
+
+    assert refused.reason == "timeout"
+
+
 def test_a_refused_connection_fails_as_connection_failed() -> None:
     spec = OpenAIBackend(kind="openai", base_url=f"http://127.0.0.1:{closed_port()}/v1", model="m", retries=1)
 

@@ -77,6 +77,23 @@ def test_terms_match_whatever_the_case_and_inflection(config: RouterConfig, quer
     assert rule in fired
 
 
+@pytest.mark.parametrize(
+    ("query", "fired"),
+    [
+        ("göğsünde ağrı var", {"medical"}),  # göğüs → göğsü: the shipped list has both stems
+        ("ilacı ne zaman içmeli", {"medical"}),  # ilaç → ilacı
+        ("öksürüğü geçmiyor", {"medical"}),  # öksürük → öksürüğü
+        ("ＣＯＶＩＤ testi", {"medical"}),  # fullwidth letters fold to ASCII
+        ("belirtilen süre içinde", set()),  # "belirti" alone would catch "belirtilen"
+        ("yorumlar güzel", set()),
+        ("courtesy of Chester, legalize it", set()),  # whole-word terms: court$, chest$, legal$
+        ("chest pain in court", {"medical", "legal"}),
+    ],
+)
+def test_stems_that_change_and_whole_word_terms(config: RouterConfig, query: str, fired: set[str]) -> None:
+    assert {hit.rule for hit in classify(query, config.scoring).rules} - {"length"} == fired
+
+
 def test_inflected_forms_match_their_stem(config: RouterConfig) -> None:
     scoring = config.scoring.model_copy(
         update={"rules": {"data": TermRule(points=5, terms=["veri"]), "why": TermRule(points=7, terms=["explain why"])}}

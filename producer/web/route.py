@@ -21,7 +21,9 @@ router = APIRouter(tags=["router"])
 
 
 class DecideRequest(BaseModel):
-    query: str = Field(min_length=1, max_length=20_000, pattern=NO_NUL, description="The query text (never stored)")
+    query: str = Field(
+        min_length=1, pattern=NO_NUL, description="The query text, at most ONNXQ_MAX_QUERY_CHARS (never stored)"
+    )
     user_id: str | None = Field(default=None, max_length=200, pattern=NO_NUL, description="Keeps the A/B split sticky")
     backend: str | None = Field(default=None, max_length=100, pattern=NO_NUL, description="Force this backend")
 
@@ -104,8 +106,9 @@ def costs(
         pattern=r"^\d{4}-\d{2}-\d{2}",
         description="Only jobs finished since: YYYY-MM-DD or an ISO timestamp (UTC unless it says otherwise)",
     ),
-    _caller: Caller = Depends(require_key),
+    caller: Caller = Depends(require_key),
 ) -> dict[str, Any]:
     """Requests and cost per backend that served, what the same queries would have cost all
-    remote, the savings, and the daily / monthly / yearly projection."""
-    return cost_report(parse_since(since))
+    remote, the savings, and the daily / monthly / yearly projection: of this key's jobs
+    (`onnxq report costs` shows everyone's)."""
+    return cost_report(parse_since(since), api_key_name=caller.key_name)

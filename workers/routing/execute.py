@@ -52,6 +52,7 @@ class Served:
     details: dict[str, Any]
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    model_id: int | None = None  # the registered model, when a local ONNX backend answered
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,11 @@ def _serve_onnx(name: str, tier: Tier, spec: OnnxBackend, image: bytes | None) -
         probs = runner.loaded.run(tensor[None])[0]
     except OnnxqError as exc:
         raise CannotServe(exc.code) from None
+    except Exception as exc:
+        # The runtime itself failed (a bad input for the graph, out of GPU memory): the remote
+        # tier may still answer, so this is a fallback, not a retry of the whole job.
+        log.warning("backend %s: the model failed (%s)", name, type(exc).__name__)
+        raise CannotServe("inference_failed") from None
     if not np.isfinite(probs).all():
         raise CannotServe("inference_failed")
     labels = runner.config.labels
@@ -146,4 +152,5 @@ def _serve_onnx(name: str, tier: Tier, spec: OnnxBackend, image: bytes | None) -
             "confidence": float(probs[best]),
             "probabilities": {label: float(p) for label, p in zip(labels, probs, strict=True)},
         },
+        model_id=model.id,
     )

@@ -8,22 +8,34 @@ from typing import Any
 
 from onnxq.errors import OnnxqError
 from onnxq.payloads import RoutePayload
+from onnxq.settings import get_settings
+from schema.audit import input_hash
 from schema.db import session_scope
-from schema.jobs import mark_running
+from schema.jobs import AUDITED_RESULT_KEYS, mark_running
 from schema.routes import finish_route
-from schema.tables import utcnow
+from schema.tables import TERMINAL_STATUSES, Job, utcnow
 from workers.routing.config import RouterConfig, get_router_config
 from workers.routing.decide import estimated_cost
 from workers.routing.execute import RouteOutcome, execute
 
 log = logging.getLogger(__name__)
+FALLBACK_REASON_MAX = 300  # the column's size
 
 
 def run_routing_job(payload: RoutePayload) -> None:
-    """Execute `payload`'s decision and record the outcome (idempotent per job id)."""
+    """Execute `payload`'s decision and record the outcome (idempotent per job id).
+
+    A job that already ended (its message redelivered after the commit) is not run again: that
+    would pay the remote backend twice. A worker killed between a backend's answer and the
+    commit does run it again on redelivery; nothing short of a two-phase commit with the API
+    could avoid that.
+    """
     config = get_router_config()
     decision = payload.decision
     with session_scope() as session:
+        job = session.get(Job, payload.job_id)
+        if job is None or job.status in TERMINAL_STATUSES:
+            return
         mark_running(session, {payload.job_id: utcnow()})
     outcome: RouteOutcome | None = None
     error: OnnxqError | None = None
@@ -32,9 +44,16 @@ def run_routing_job(payload: RoutePayload) -> None:
     except OnnxqError as exc:
         error = exc
     row = route_log(config, payload, outcome)
+    key = get_settings().audit_key_bytes()
+    audit = (key, audit_row(key, payload, outcome)) if outcome is not None and outcome.served.model_id else None
     with session_scope() as session:
         written = finish_route(
-            session, payload.job_id, row, result=None if outcome is None else result(decision, outcome), error=error
+            session,
+            payload.job_id,
+            row,
+            result=None if outcome is None else result(decision, outcome),
+            error=error,
+            audit=audit,
         )
     if written:
         log.info(
@@ -84,10 +103,30 @@ def route_log(config: RouterConfig, payload: RoutePayload, outcome: RouteOutcome
         "served_by": served.backend if served else None,
         "served_tier": served.tier if served else None,
         "fallback_used": bool(outcome and outcome.fallback_used),
-        "fallback_reason": (outcome.fallback_reason if outcome else None),
+        "fallback_reason": outcome.fallback_reason[:FALLBACK_REASON_MAX]
+        if outcome and outcome.fallback_reason
+        else None,
         "cost": served.cost if served else 0.0,
         "all_remote_cost": served.cost if served and served.tier == "remote" else (baseline if served else 0.0),
         "latency_ms": served.latency_ms if served else None,
         "prompt_tokens": served.prompt_tokens if served else None,
         "completion_tokens": served.completion_tokens if served else None,
+    }
+
+
+def audit_row(key: bytes, payload: RoutePayload, outcome: RouteOutcome) -> dict[str, Any]:
+    """The chained audit row of a routing job whose image a registered model classified: the
+    same row an inference job gets (the image's keyed hash, never the image)."""
+    served = outcome.served
+    assert payload.image is not None and served.model_id is not None
+    details = served.details
+    return {
+        "model_id": served.model_id,
+        "user_id": payload.user_id,
+        "input_hash": input_hash(key, payload.image),
+        "inference_time_ms": served.latency_ms,
+        "confidence": details["confidence"],
+        "result": {k: details[k] for k in AUDITED_RESULT_KEYS},
+        "batch_size": 1,
+        "api_key_name": payload.api_key_name,
     }

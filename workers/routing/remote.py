@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import random
 import time
@@ -129,17 +130,29 @@ def _data_url(image: bytes) -> str:
     return f"data:{mime};base64,{base64.b64encode(image).decode('ascii')}"
 
 
-def _attempt(url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float) -> httpx.Response | _Failure:
-    """One POST: the response if it is a 200, else what went wrong."""
+def _attempt(url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float) -> bytes | _Failure:
+    """One POST: the body of a 200, else what went wrong. `timeout_s` bounds the whole attempt:
+    httpx's timeout is per read, so a server trickling its answer is cut off here."""
+    deadline = time.monotonic() + timeout_s
     try:
-        response = _http.post(url, json=body, headers=headers, timeout=timeout_s)
+        with _http.stream("POST", url, json=body, headers=headers, timeout=timeout_s) as response:
+            status = response.status_code
+            if status != 200:
+                return _status_failure(response)
+            chunks = []
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    return _Failure("timeout")
+            return b"".join(chunks)
     except httpx.TimeoutException:
         return _Failure("timeout")
     except httpx.TransportError:
         return _Failure("connection_failed")
+
+
+def _status_failure(response: httpx.Response) -> _Failure:
     status = response.status_code
-    if status == 200:
-        return response
     if status == 429:
         return _Failure("rate_limited", status, _retry_after_s(response))
     if status >= 500:
@@ -167,10 +180,10 @@ def _wait_s(failure: _Failure, attempt: int) -> float:
     return random.uniform(backoff_s / 2, backoff_s)
 
 
-def _answer(name: str, spec: OpenAIBackend, response: httpx.Response, latency_ms: float, attempts: int) -> RemoteAnswer:
+def _answer(name: str, spec: OpenAIBackend, content: bytes, latency_ms: float, attempts: int) -> RemoteAnswer:
     """The answer, tokens and cost of a 200 response; BackendFailed("bad_response") if it is
     not a chat completion."""
-    parsed = _parse(response)
+    parsed = _parse(content)
     if parsed is None:
         log.warning("backend %s: HTTP 200 but not a chat completion", name)
         raise BackendFailed("bad_response", f"Backend {name} answered HTTP 200 with something not a chat completion.")
@@ -180,11 +193,11 @@ def _answer(name: str, spec: OpenAIBackend, response: httpx.Response, latency_ms
     return RemoteAnswer(answer, prompt_tokens, completion_tokens, cost, latency_ms, attempts)
 
 
-def _parse(response: httpx.Response) -> tuple[str, int, int] | None:
+def _parse(content: bytes) -> tuple[str, int, int] | None:
     """(content, prompt tokens, completion tokens) of a chat completion, or None if the body is
     not one. A response without `usage` counts no tokens (some local servers leave it out)."""
     try:
-        completion = response.json()
+        completion = json.loads(content)
         content = completion["choices"][0]["message"]["content"]
         usage = completion.get("usage") or {}
         counts = (usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))

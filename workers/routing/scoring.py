@@ -22,8 +22,8 @@ from workers.routing.config import Scoring
 # Letters and digits, joined by inner hyphens or apostrophes, or by a point or comma between
 # digits ("3.5"): punctuation elsewhere separates words.
 WORD = re.compile(r"[^\W_]+(?:(?:['’\-]|(?<=\d)[.,](?=\d))[^\W_]+)*")
-# Dotted capital I, dotless i and plain capital I all become "i"; NFKD then drops the combining
-# dot that str.lower() leaves after "İ".
+# Dotted capital I, dotless i and plain capital I all become "i" (so no combining dot is left
+# after "İ"); NFKC first folds compatibility forms such as fullwidth letters.
 I_VARIANTS = str.maketrans({"İ": "i", "I": "i", "ı": "i"})
 
 
@@ -34,8 +34,8 @@ class Complexity(StrEnum):
 
 
 def fold(text: str) -> str:
-    """Text as it is compared: NFC, i-variants unified, case-folded, combining dots dropped."""
-    text = unicodedata.normalize("NFC", text).translate(I_VARIANTS).casefold()
+    """Text as it is compared: NFKC, i-variants unified, case-folded, combining dots dropped."""
+    text = unicodedata.normalize("NFKC", text).translate(I_VARIANTS).casefold()
     return text.replace("\u0307", "")
 
 
@@ -75,12 +75,18 @@ class Classification:
 
 def matches(term: str, tokens: list[str]) -> bool:
     """True if the (possibly multi-word) `term` occurs in `tokens`, each term word beginning a
-    query word, in order and adjacent."""
-    parts = words(term)
+    query word, in order and adjacent. A term ending in `$` must match its last word whole
+    ("court$" matches "court", not "courtesy")."""
+    exact = term.rstrip().endswith("$")
+    parts = words(term.rstrip().rstrip("$"))
     if not parts:
         return False
+
+    def fits(token: str, i: int) -> bool:
+        return token == parts[i] if exact and i == len(parts) - 1 else token.startswith(parts[i])
+
     last = len(tokens) - len(parts)
-    return any(all(tokens[start + i].startswith(part) for i, part in enumerate(parts)) for start in range(last + 1))
+    return any(all(fits(tokens[start + i], i) for i in range(len(parts))) for start in range(last + 1))
 
 
 def classify(query: str, scoring: Scoring) -> Classification:
@@ -91,7 +97,7 @@ def classify(query: str, scoring: Scoring) -> Classification:
     length_points = bucket.points if bucket is not None else scoring.long_points
     hits = [RuleHit("length", length_points, (f"{count} word{'' if count == 1 else 's'}",))]
     for name, rule in scoring.rules.items():
-        matched = tuple(term for term in rule.terms if matches(term, tokens))
+        matched = tuple(term.rstrip().rstrip("$") for term in rule.terms if matches(term, tokens))
         if matched:
             hits.append(RuleHit(name, rule.points * min(len(matched), rule.max_hits), matched))
     score = sum(hit.points for hit in hits)
