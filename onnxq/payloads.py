@@ -51,7 +51,12 @@ def put(payload: Payload, ttl_s: int) -> None:
         "data": payload.data,
         "api_key_name": payload.api_key_name or "",
     }
-    key = payload_key(payload.job_id)
+    _store(payload.job_id, fields, ttl_s)
+
+
+def _store(job_id: str, fields: dict[str, str | bytes | int], ttl_s: int) -> None:
+    """Write a payload's fields and its TTL in one transaction."""
+    key = payload_key(job_id)
     with get_redis().pipeline(transaction=True) as pipe:
         pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         pipe.expire(key, ttl_s)
@@ -91,7 +96,7 @@ class RoutePayload:
 
 
 def put_route(payload: RoutePayload, ttl_s: int) -> None:
-    fields: dict[str, str | bytes] = {
+    fields: dict[str, str | bytes | int] = {
         "kind": "route",
         "query": payload.query,
         "decision": json.dumps(payload.decision),
@@ -101,11 +106,7 @@ def put_route(payload: RoutePayload, ttl_s: int) -> None:
         "image": payload.image or b"",
         "api_key_name": payload.api_key_name or "",
     }
-    key = payload_key(payload.job_id)
-    with get_redis().pipeline(transaction=True) as pipe:
-        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-        pipe.expire(key, ttl_s)
-        pipe.execute()
+    _store(payload.job_id, fields, ttl_s)
 
 
 def fetch_route(job_id: str) -> RoutePayload | None:
