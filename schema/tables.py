@@ -215,3 +215,47 @@ class PytorchModelMetrics(SQLModel, table=True):
     avg_inference_time_ms: float | None = None
     p95_inference_time_ms: float | None = None
     accuracy: float | None = None
+    # onnxq's additions. Inference times are the batch's session.run; "total" is end to end
+    # (accepted → committed). Percentiles: linear interpolation (PostgreSQL's percentile_cont).
+    failed_requests: int = 0
+    p50_inference_time_ms: float | None = None
+    p99_inference_time_ms: float | None = None
+    avg_total_ms: float | None = None
+    p50_total_ms: float | None = None
+    p95_total_ms: float | None = None
+    p99_total_ms: float | None = None
+    mean_batch_size: float | None = None
+    labelled_requests: int = 0  # jobs with feedback; accuracy is over these (NULL when none)
+    computed_at: datetime | None = None
+
+
+class RouteMetrics(SQLModel, table=True):
+    """One row per routing backend and day (the backend that served; NULL: none could)."""
+
+    __tablename__ = "route_metrics"
+    __table_args__ = (UniqueConstraint("backend", "date", name="uq_route_metrics_backend_date"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    backend: str = Field(max_length=100)  # "" for jobs no backend could serve
+    date: date
+    requests: int = 0
+    fallbacks: int = 0
+    cost: float = 0.0
+    all_remote_cost: float = 0.0
+    avg_latency_ms: float | None = None
+    p95_latency_ms: float | None = None
+    computed_at: datetime | None = None
+
+
+class SchedulerClaim(SQLModel, table=True):
+    """A periodic task claimed for one period: the unique row that stops two scheduler
+    processes (or a restart) from enqueueing the same night twice."""
+
+    __tablename__ = "scheduler_claims"
+    __table_args__ = (UniqueConstraint("task", "period", name="uq_scheduler_claims_task_period"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task: str = Field(max_length=100)
+    period: str = Field(max_length=40)  # e.g. "2026-12-04" for a nightly task
+    claimed_at: datetime = Field(default_factory=utcnow)
+    claimed_by: str = Field(max_length=200)  # host:pid of the scheduler process
