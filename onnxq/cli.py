@@ -10,9 +10,11 @@ from onnxq.demo import demo, up
 from onnxq.logs import configure as configure_logging
 from onnxq.settings import get_settings
 from producer.cli import status, submit
+from producer.metrics_cli import metrics_app
 from producer.report_cli import report_app
 from producer.route_cli import route, router_app
 from producer.web.cli import api, keys_app
+from scheduler.cli import scheduler
 from schema.cli import audit_app, db_app
 from workers.cli import models_app, worker
 
@@ -41,10 +43,12 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(report_app, name="report")
 app.add_typer(router_app, name="router")
+app.add_typer(metrics_app, name="metrics")
 app.command("submit")(submit)
 app.command("status")(status)
 app.command("route")(route)
 app.command("worker")(worker)
+app.command("scheduler")(scheduler)
 app.command("up")(up)
 app.command("demo")(demo)
 app.command("bench")(bench)

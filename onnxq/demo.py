@@ -66,7 +66,7 @@ def demo(
     # be held by an `onnxq up` (or anything else) on this machine.
     try:
         with running_stack(
-            port=free_port(), web_log=get_settings().data_dir / "demo-web.log", worker_metrics=False
+            port=free_port(), web_log=get_settings().data_dir / "demo-web.log", worker_metrics=False, clock=False
         ) as stack:
             # Rotated on every run: the key is used here and never shown.
             key = create_key("demo", replace=True).secret

@@ -97,6 +97,12 @@ class RetriesExhausted(PermanentError):
     code = "retries_exhausted"
 
 
+class JobLost(PermanentError):
+    """The job's message and its input are both gone (e.g. Redis lost them): it cannot run."""
+
+    code = "lost"
+
+
 class IdempotencyConflict(PermanentError):
     code = "idempotency_conflict"
 

@@ -69,7 +69,15 @@ class Settings(BaseSettings):
     job_min_backoff_ms: int = 500
     job_max_backoff_ms: int = 60_000
     payload_ttl_s: int = 7 * 24 * 3600
+    # A job queued or running this long whose message is gone from Redis is re-sent (or failed `lost`).
+    job_stale_after_s: int = Field(default=3600, ge=60)
+    job_retention_days: int = Field(default=30, ge=1)  # ended jobs and route logs, then purged
+    audit_retention_days: int = Field(default=6 * 365 + 2, ge=1)  # audit rows (six years), then purged
     redis_namespace: str = "onnxq"
+
+    # The scheduler (`onnxq scheduler`).
+    nightly_at: str = Field(default="00:10", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")  # HH:MM, UTC
+    sweep_every_s: int = Field(default=300, ge=10)
     # Dramatiq's Redis broker requeues the messages of a dead worker once its heartbeat is
     # this old; lower it in tests to see redelivery quickly.
     redis_heartbeat_timeout_ms: int = 60_000

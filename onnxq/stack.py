@@ -209,9 +209,11 @@ def running_stack(
     port: int | None = None,
     web_log: Path | None = None,
     worker_metrics: bool = True,
+    clock: bool = True,
 ) -> Iterator[Stack]:
-    """Redis (embedded unless `REDIS_URL` is set), a migrated database, a worker and the web
-    process on `127.0.0.1:port` (default `$PORT`); stopped in the reverse order.
+    """Redis (embedded unless `REDIS_URL` is set), a migrated database, a worker, the web
+    process on `127.0.0.1:port` (default `$PORT`) and, with `clock`, the scheduler; stopped in
+    the reverse order.
 
     `web_log`: where the web process writes its log (default: this terminal).
     `worker_metrics`: False keeps the worker off the metrics port and its directory, which an
@@ -230,12 +232,16 @@ def running_stack(
         worker = spawn(["worker"], worker_env)
         try:
             web = spawn(["api", "--host", WEB_HOST, "--port", str(port)], env, web_log)
+            scheduler = spawn(["scheduler"], env) if clock else None
             try:
                 wait_for_workers(redis_url, settings.redis_namespace)
                 wait_for_web(url, web, str(web_log) if web_log else "its log above")
                 yield Stack(url=url, env=env)
             finally:
-                # The web process first: no new jobs while the worker finishes the ones in hand.
+                # The clock and the web process first: no new jobs while the worker finishes the
+                # ones in hand.
+                if scheduler is not None:
+                    stop(scheduler)
                 stop(web)
         finally:
             stop(worker)

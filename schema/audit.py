@@ -133,9 +133,20 @@ def verify_chain(session: Session, key: bytes) -> VerifyReport:
 
     Safe while workers append: rows are checked up to the chain head read before them, and the
     walk goes on while the head moves. A row past a head that no longer moves is not in the chain.
+    After a retention purge the walk starts at the anchor the purge recorded: the first remaining
+    row must follow the last purged one, id and hash.
     """
-    prev_hash, last_id, checked = GENESIS_HASH, 0, 0
+    anchor = _read_head(session).pruned_through_id
+    report = _walk(session, key)
+    if not report.ok and _read_head(session).pruned_through_id != anchor:
+        # A purge moved the anchor during the walk (rows vanished under it): walk again.
+        report = _walk(session, key)
+    return report
+
+
+def _walk(session: Session, key: bytes) -> VerifyReport:
     head = _read_head(session)
+    prev_hash, last_id, checked = head.pruned_last_hash, head.pruned_through_id, 0
     while True:
         for row in _rows_in_order(session, last_id, head.last_id):
             if row.id != last_id + 1:

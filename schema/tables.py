@@ -183,6 +183,10 @@ class AuditChainHead(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     last_id: int = 0
     last_hash: str = Field(default="0" * 64, max_length=64)
+    # The anchor left by retention purges: rows up to this id are gone, and the first remaining
+    # row's prev_hash must equal the last purged row's hash.
+    pruned_through_id: int = 0
+    pruned_last_hash: str = Field(default="0" * 64, max_length=64)
 
 
 class PytorchABTest(SQLModel, table=True):

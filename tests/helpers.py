@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -13,6 +14,9 @@ from schema.db import get_engine
 from schema.tables import PytorchInferenceLog
 
 DEMO = "chest-xray-classifier-demo"
+# Not imported from tests.conftest: pytest loads conftest.py as its own module, and importing it
+# again under another name would run its set-up (the environment it prepares) a second time.
+REPO = Path(__file__).resolve().parents[1]
 
 
 def wait_all(job_ids: list[str], timeout_s: float = 60) -> dict[str, dict[str, Any]]:
@@ -56,8 +60,6 @@ def spawn_onnxq(args: list[str], log_path: Any, env: dict[str, str]) -> Any:
     """`python -m onnxq ARGS` in its own process group, logging to `log_path`."""
     import subprocess
     import sys
-
-    from tests.conftest import REPO
 
     log = open(log_path, "ab")  # noqa: SIM115  (the child keeps it; closed with the process)
     try:

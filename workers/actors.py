@@ -136,3 +136,36 @@ def run_route(job_id: str) -> None:
     run_routing_job(payload)
     payloads.delete(job_id)
     notify.publish_ended([job_id])
+
+
+@dramatiq.actor(queue_name=MAINTENANCE_QUEUE, broker=broker)
+def compute_daily_metrics(day: str) -> None:
+    """Recompute one UTC day (ISO date) of daily metrics: an upsert, so a redelivery is harmless."""
+    from datetime import date
+
+    from schema.metrics import compute_day
+
+    try:
+        with session_scope() as session:
+            models, backends = compute_day(session, date.fromisoformat(day))
+    except PermanentError as error:
+        log.warning("daily metrics of %s not computed: %s", day, error.message)
+        return
+    log.info("daily metrics of %s: %d model rows, %d backend rows", day, models, backends)
+
+
+@dramatiq.actor(queue_name=MAINTENANCE_QUEUE, max_retries=0, broker=broker)
+def sweep_jobs() -> None:
+    """Re-send or fail (`lost`) the jobs whose message Redis no longer holds. Not retried: the
+    scheduler sends the next sweep within minutes."""
+    from workers.sweep import sweep_lost_jobs
+
+    sweep_lost_jobs(utcnow())
+
+
+@dramatiq.actor(queue_name=MAINTENANCE_QUEUE, max_retries=5, broker=broker)
+def purge_old() -> None:
+    """Delete jobs, route logs and audit rows past their retention (each step is idempotent)."""
+    from workers.sweep import purge_expired
+
+    purge_expired(utcnow())

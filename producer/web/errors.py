@@ -37,6 +37,7 @@ STATUS_BY_CODE = {
     # How an accepted job can end (the synchronous endpoint answers with its job's error).
     "inference_failed": 422,
     "payload_missing": 500,
+    "lost": 500,
     "model_checksum_mismatch": 500,
     "invalid_model_config": 500,
     "invalid_router_config": 500,

@@ -1,0 +1,58 @@
+"""`onnxq scheduler`: the clock process (one per deployment; a second one by mistake is harmless,
+the claims keep every period single)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+import typer
+
+from schema.tables import utcnow
+
+log = logging.getLogger(__name__)
+# A night missed by up to this much (the process was down at 00:10) still runs when it is back;
+# beyond it, the backfill at start catches up.
+MISFIRE_GRACE_S = 6 * 3600
+
+
+def scheduler() -> None:
+    """Run the clock: nightly metrics and purge, sweeps every few minutes; it only enqueues."""
+    from apscheduler.schedulers.blocking import BlockingScheduler
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    from onnxq.settings import get_settings
+    from scheduler import clock
+
+    settings = get_settings()
+    at = clock.nightly_at()
+    ran = clock.nightly(utcnow())  # the nights missed while this process was not running
+    if ran:
+        log.info("caught up on %d night(s): %s", len(ran), ", ".join(n.isoformat() for n in ran))
+    runner = BlockingScheduler(timezone="UTC")
+    runner.add_job(
+        lambda: clock.nightly(utcnow()),
+        CronTrigger(hour=at.hour, minute=at.minute, timezone="UTC"),
+        id="nightly",
+        coalesce=True,
+        misfire_grace_time=MISFIRE_GRACE_S,
+        max_instances=1,
+    )
+    runner.add_job(
+        lambda: clock.sweep(utcnow()),
+        IntervalTrigger(seconds=settings.sweep_every_s),
+        id="sweep",
+        coalesce=True,
+        max_instances=1,
+    )
+
+    def stop(*_: Any) -> None:
+        runner.shutdown(wait=False)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    log.info("scheduler running: nightly at %s UTC, sweep every %d s", at.strftime("%H:%M"), settings.sweep_every_s)
+    runner.start()
+    typer.echo("scheduler stopped", err=True)
