@@ -9,6 +9,7 @@ from onnxq.bench import bench
 from onnxq.demo import demo, up
 from onnxq.logs import configure as configure_logging
 from onnxq.settings import get_settings
+from producer.abtest_cli import abtest_app
 from producer.cli import status, submit
 from producer.metrics_cli import metrics_app
 from producer.report_cli import report_app
@@ -44,6 +45,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(report_app, name="report")
 app.add_typer(router_app, name="router")
 app.add_typer(metrics_app, name="metrics")
+app.add_typer(abtest_app, name="abtest")
 app.command("submit")(submit)
 app.command("status")(status)
 app.command("route")(route)

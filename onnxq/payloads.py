@@ -39,6 +39,7 @@ class Payload:
     created_at: datetime
     data: bytes
     api_key_name: str | None = None
+    variant: str | None = None  # the A/B arm, when an A/B test chose the model
 
 
 def put(payload: Payload, ttl_s: int) -> None:
@@ -50,6 +51,7 @@ def put(payload: Payload, ttl_s: int) -> None:
         "created_at": payload.created_at.isoformat(),
         "data": payload.data,
         "api_key_name": payload.api_key_name or "",
+        "variant": payload.variant or "",
     }
     _store(payload.job_id, fields, ttl_s)
 
@@ -77,6 +79,7 @@ def fetch(job_id: str) -> Payload | None:
         data=raw[b"data"],
         # Absent from payloads stored before the field existed.
         api_key_name=raw.get(b"api_key_name", b"").decode() or None,
+        variant=raw.get(b"variant", b"").decode() or None,
     )
 
 

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     # The scheduler (`onnxq scheduler`).
     nightly_at: str = Field(default="00:10", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")  # HH:MM, UTC
     sweep_every_s: int = Field(default=300, ge=10)
+    abtest_every_s: int = Field(default=300, ge=10)  # how often running A/B tests are evaluated
     # Dramatiq's Redis broker requeues the messages of a dead worker once its heartbeat is
     # this old; lower it in tests to see redelivery quickly.
     redis_heartbeat_timeout_ms: int = 60_000

@@ -31,10 +31,11 @@ from onnxq.errors import (
 from onnxq.images import image_limits, inspect_image
 from onnxq.payloads import get_redis
 from onnxq.settings import get_settings
+from schema.abtests import cached_running_test
 from schema.audit import input_hash
 from schema.db import get_engine, session_scope
 from schema.jobs import find_by_scope, idempotency_scope, job_view, new_job_id
-from schema.registry import cached_model
+from schema.registry import cached_model, split_ref
 from schema.tables import TERMINAL_STATUSES, Job, PytorchModel, utcnow
 
 WAIT_POLL_S = 0.05
@@ -85,13 +86,17 @@ def submit_inference(
     scope = idempotency_scope(user_id, idempotency_key, api_key_name) if idempotency_key else None
     digest = input_hash(settings.audit_key_bytes(), data)
     try:
-        registered = cached_model(model)
+        job_id = new_job_id()
+        # Sticky per user; a job without a user by its idempotency scope (so a retry lands on
+        # the same arm), else by its own id.
+        arm = ab_arm(model, user_id or scope or job_id)
+        registered = cached_model(arm[2] if arm else model)
         assert registered.id is not None
         model_id = registered.id
         if check_depth:
             check_queue_depth()
         job = Job(
-            id=new_job_id(),
+            id=job_id,
             kind="inference",
             model_id=model_id,
             user_id=user_id,
@@ -100,8 +105,10 @@ def submit_inference(
             idempotency_scope=scope,
             api_key_name=api_key_name,
             created_at=utcnow(),
+            ab_test_id=arm[0] if arm else None,
+            variant=arm[1] if arm else None,
         )
-        payload = payloads.Payload(job.id, model_id, user_id, digest, job.created_at, data, api_key_name)
+        payload = payloads.Payload(job.id, model_id, user_id, digest, job.created_at, data, api_key_name, job.variant)
         return accept_job(
             job,
             store_payload=lambda: payloads.put(payload, settings.payload_ttl_s),
@@ -113,6 +120,19 @@ def submit_inference(
         raise RetryableError("The queue (Redis) is unavailable; try again shortly.") from exc
     except (OperationalError, ProgrammingError) as exc:
         raise database_error(exc) from exc
+
+
+def ab_arm(model: str, subject: str) -> tuple[int, str, str] | None:
+    """(test id, arm, NAME@VERSION) when a running A/B test splits the jobs of `model`; a
+    reference with an explicit @version is never split."""
+    from workers.abstats import variant_for
+
+    name, version = split_ref(model)
+    test = cached_running_test(name) if version is None else None
+    if test is None:
+        return None
+    variant = variant_for(get_settings().audit_key_bytes(), test.name, test.split_percent, subject)
+    return test.id, variant, test.model_a if variant == "A" else test.model_b
 
 
 def accept_job(

@@ -47,6 +47,13 @@ def scheduler() -> None:
         coalesce=True,
         max_instances=1,
     )
+    runner.add_job(
+        lambda: clock.abtests(utcnow()),
+        IntervalTrigger(seconds=settings.abtest_every_s),
+        id="abtests",
+        coalesce=True,
+        max_instances=1,
+    )
 
     def stop(*_: Any) -> None:
         runner.shutdown(wait=False)

@@ -3,6 +3,7 @@
 - Nightly (`ONNXQ_NIGHTLY_AT`, 00:10 UTC): the night of day D recomputes the daily metrics of
   D-1, D-2 and D-3 (feedback arrives late) and purges what is past its retention.
 - Every `ONNXQ_SWEEP_EVERY_S` (300 s): the sweep for lost jobs.
+- Every `ONNXQ_ABTEST_EVERY_S` (300 s): the evaluation of running A/B tests.
 - At start: every night missed since the last one claimed (at most `BACKFILL_MAX_NIGHTS`), so a
   scheduler that was down neither misses nor repeats a night.
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 NIGHTLY_TASK = "nightly"
 SWEEP_TASK = "sweep"
+ABTEST_TASK = "abtests"
 RECOMPUTE_DAYS = 3
 BACKFILL_MAX_NIGHTS = 30
 MAINTENANCE_QUEUE = "maintenance"
@@ -86,12 +88,23 @@ def nightly(now: datetime) -> list[date]:
     return ran
 
 
+def period_of(now: datetime, every_s: int) -> str:
+    """The name of the `every_s`-second period `now` falls in (its start, UTC)."""
+    slot = int(now.timestamp()) // every_s * every_s
+    return datetime.fromtimestamp(slot, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def sweep(now: datetime) -> bool:
     """The sweep for lost jobs, once per `ONNXQ_SWEEP_EVERY_S` period."""
-    every = get_settings().sweep_every_s
-    slot = int(now.timestamp()) // every * every
-    period = datetime.fromtimestamp(slot, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    with claimed(SWEEP_TASK, period, me()) as mine:
+    with claimed(SWEEP_TASK, period_of(now, get_settings().sweep_every_s), me()) as mine:
         if mine:
             send("sweep_jobs")
+    return mine
+
+
+def abtests(now: datetime) -> bool:
+    """The evaluation of running A/B tests, once per `ONNXQ_ABTEST_EVERY_S` period."""
+    with claimed(ABTEST_TASK, period_of(now, get_settings().abtest_every_s), me()) as mine:
+        if mine:
+            send("evaluate_abtests")
     return mine

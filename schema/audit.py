@@ -50,8 +50,9 @@ def row_digest(key: bytes, row: Mapping[str, Any]) -> str:
     content = {name: row[name] for name in HASHED_COLUMNS}
     content["created_at"] = row["created_at"].isoformat()
     # Hashed only when set, so rows written before the column existed keep their hashes.
-    if row.get("api_key_name") is not None:
-        content["api_key_name"] = row["api_key_name"]
+    for optional in ("api_key_name", "variant"):
+        if row.get(optional) is not None:
+            content[optional] = row[optional]
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
 

@@ -83,6 +83,7 @@ class Success:
     batch_size: int
     started_at: datetime
     api_key_name: str | None = None
+    variant: str | None = None  # the A/B arm, when an A/B test chose the model
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ def finish_batches(
                 "job_id": s.job_id,
                 "batch_size": s.batch_size,
                 "api_key_name": s.api_key_name,
+                "variant": s.variant,
             }
             for model_id, s in fresh
         ]

@@ -90,6 +90,9 @@ class Job(SQLModel, table=True):
     # Ground truth sent back by the caller (POST /v1/jobs/{id}/feedback), for accuracy.
     feedback_label: str | None = Field(default=None, max_length=200)
     feedback_at: datetime | None = None
+    # The A/B test that chose this job's model version, and the arm ("A" or "B").
+    ab_test_id: int | None = Field(default=None, foreign_key="pytorch_ab_tests.id", index=True)
+    variant: str | None = Field(default=None, max_length=1)
 
 
 class PytorchInferenceLog(SQLModel, table=True):
@@ -110,6 +113,7 @@ class PytorchInferenceLog(SQLModel, table=True):
     job_id: str = Field(max_length=32, unique=True)
     batch_size: int
     api_key_name: str | None = Field(default=None, max_length=100)
+    variant: str | None = Field(default=None, max_length=1)  # the A/B arm that served the job
     prev_hash: str = Field(max_length=64)
     row_hash: str = Field(max_length=64)
 
@@ -193,6 +197,16 @@ class PytorchABTest(SQLModel, table=True):
     """An A/B test between two model versions (closed by the scheduler)."""
 
     __tablename__ = "pytorch_ab_tests"
+    # One running test per model name: the jobs for a name cannot be split two ways.
+    __table_args__ = (
+        Index(
+            "uq_ab_tests_running_model",
+            "model_name",
+            unique=True,
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     test_name: str = Field(max_length=200, unique=True)
@@ -204,6 +218,20 @@ class PytorchABTest(SQLModel, table=True):
     winner_model_id: int | None = Field(default=None, foreign_key="pytorch_models.id")
     status: str = Field(default="running", max_length=20)
     created_at: datetime = Field(default_factory=utcnow)
+    # onnxq's additions. traffic_split_percent is the share of jobs sent to B.
+    model_name: str = Field(default="", max_length=200)
+    metric: str = Field(default="accuracy", max_length=20)  # accuracy / latency
+    min_samples: int = 100  # per arm, before the test may close early
+    ends_at: datetime | None = None
+    auto_promote: bool = False
+    started_at: datetime = Field(default_factory=utcnow)
+    closed_at: datetime | None = None
+    evaluated_at: datetime | None = None
+    looks: int = 0  # interim looks spent (see workers/abstats.py)
+    p_value: float | None = None
+    reason: str | None = Field(default=None, max_length=300)
+    # Per arm ("A", "B"): requests, mean and p95 inference ms, labelled, correct, accuracy.
+    figures: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class PytorchModelMetrics(SQLModel, table=True):

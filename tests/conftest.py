@@ -94,6 +94,7 @@ def _reset_caches() -> None:
     from onnxq.payloads import get_redis
     from onnxq.settings import get_settings
     from producer.keys import clear_key_cache
+    from schema.abtests import clear_abtest_cache
     from schema.db import get_engine
     from schema.registry import clear_model_cache
     from workers.routing.config import clear_router_config
@@ -101,6 +102,7 @@ def _reset_caches() -> None:
     clear_model_cache()
     clear_key_cache()
     clear_router_config()
+    clear_abtest_cache()
     get_settings.cache_clear()
     get_engine().dispose()
     get_engine.cache_clear()

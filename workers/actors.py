@@ -110,6 +110,7 @@ def prepare(job_id: str) -> tuple[ModelRunner, Prepared] | None:
         preprocessing_ms,
         payload.api_key_name,
         created_at=payload.created_at,
+        variant=payload.variant,
     )
 
 
@@ -161,6 +162,17 @@ def sweep_jobs() -> None:
     from workers.sweep import sweep_lost_jobs
 
     sweep_lost_jobs(utcnow())
+
+
+@dramatiq.actor(queue_name=MAINTENANCE_QUEUE, max_retries=0, broker=broker)
+def evaluate_abtests() -> None:
+    """Evaluate the running A/B tests, closing those that ended or showed a significant
+    difference at a look. Not retried: the scheduler sends the next evaluation within minutes."""
+    from workers.abtests import evaluate_all
+
+    closed = evaluate_all(utcnow())
+    if closed:
+        log.info("A/B tests closed: %s", ", ".join(closed))
 
 
 @dramatiq.actor(queue_name=MAINTENANCE_QUEUE, max_retries=5, broker=broker)

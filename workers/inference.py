@@ -37,6 +37,7 @@ class Prepared:
     preprocessing_ms: float
     api_key_name: str | None = None
     created_at: datetime | None = None  # when the producer accepted the job
+    variant: str | None = None  # the A/B arm, when an A/B test chose the model
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class ModelRunner:
             job_id=item.job_id,
             user_id=item.user_id,
             api_key_name=item.api_key_name,
+            variant=item.variant,
             input_hash=item.input_hash,
             result=result,
             confidence=confidence,

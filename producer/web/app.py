@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from onnxq import __version__
 from onnxq.errors import OnnxqError
 from onnxq.settings import get_settings
-from producer.web import jobs, metrics, metrics_daily, route, seed, system
+from producer.web import abtests, jobs, metrics, metrics_daily, route, seed, system
 from producer.web.bodies import JSON_OVERHEAD_BYTES, base64_length
 from producer.web.errors import (
     database_error_handler,
@@ -60,4 +60,5 @@ def create_app() -> FastAPI:
     app.include_router(seed.router)
     app.include_router(metrics.router)
     app.include_router(metrics_daily.router)
+    app.include_router(abtests.router)
     return app

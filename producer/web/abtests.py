@@ -1,0 +1,68 @@
+"""`/v1/abtests`: create, list, show and close A/B tests (what `onnxq abtest` does)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Path
+from pydantic import BaseModel, Field
+
+from producer.web.auth import require_key
+from producer.web.bodies import NO_NUL
+from producer.web.errors import responses
+from schema.abtests import ABTestView, create_test
+from schema.db import session_scope
+from workers.abtests import close_test, show_all, show_test
+
+router = APIRouter(prefix="/v1/abtests", tags=["abtests"], dependencies=[Depends(require_key)])
+NAME = Path(min_length=1, max_length=200, pattern=NO_NUL)
+
+
+class ABTestCreate(BaseModel):
+    """A new test: two versions of one model and how to judge them."""
+
+    name: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
+    model_a: str = Field(min_length=3, max_length=260, pattern=NO_NUL, description="NAME@VERSION")
+    model_b: str = Field(min_length=3, max_length=260, pattern=NO_NUL, description="NAME@VERSION")
+    split_percent: int = Field(50, ge=1, le=99, description="Percent of the jobs sent to B")
+    metric: Literal["accuracy", "latency"] = "accuracy"
+    min_samples: int = Field(100, ge=2, description="Per arm, before the test may close early")
+    ends_at: datetime | None = Field(None, description="Close then, whatever the figures (UTC if no offset)")
+    auto_promote: bool = False
+
+
+@router.post("", status_code=201, responses=responses(400, 401, 403, 404, 408, 409, 413, 422, 429, 503))
+def create_abtest(body: ABTestCreate) -> ABTestView:
+    """Start splitting the jobs of a model name between two of its versions."""
+    with session_scope() as session:
+        create_test(
+            session,
+            body.name,
+            model_a=body.model_a,
+            model_b=body.model_b,
+            split_percent=body.split_percent,
+            metric=body.metric,
+            min_samples=body.min_samples,
+            ends_at=body.ends_at,
+            auto_promote=body.auto_promote,
+        )
+    return show_test(body.name)
+
+
+@router.get("", responses=responses(401, 403, 429, 503))
+def list_abtests() -> list[ABTestView]:
+    """Every test, newest first, with the figures of its last evaluation."""
+    return show_all()
+
+
+@router.get("/{name}", responses=responses(401, 403, 404, 429, 503))
+def read_abtest(name: str = NAME) -> ABTestView:
+    """A test with per-arm figures (live while it runs) and a one-line verdict."""
+    return show_test(name)
+
+
+@router.post("/{name}/close", responses=responses(401, 403, 404, 408, 413, 429, 503))
+def close_abtest(name: str = NAME) -> ABTestView:
+    """Close a running test now, with a final look: a winner only if the difference is significant."""
+    return close_test(name)
