@@ -71,7 +71,9 @@ class Settings(BaseSettings):
     payload_ttl_s: int = 7 * 24 * 3600
     # A job queued or running this long whose message is gone from Redis is re-sent (or failed `lost`).
     job_stale_after_s: int = Field(default=3600, ge=60)
-    job_retention_days: int = Field(default=30, ge=1)  # ended jobs and route logs, then purged
+    # Ended jobs and route logs, then purged; at least 5 days: each night recomputes the metrics of
+    # the three days before it from the jobs.
+    job_retention_days: int = Field(default=30, ge=5)
     audit_retention_days: int = Field(default=6 * 365 + 2, ge=1)  # audit rows (six years), then purged
     redis_namespace: str = "onnxq"
 

@@ -59,14 +59,22 @@ def send(actor_name: str, *args: str) -> None:
     )
 
 
-def run_night(night: date) -> bool:
-    """Claim `night` and enqueue its work; False if it was already claimed (by anyone)."""
+def run_night(night: date, already_sent: set[date] | None = None) -> bool:
+    """Claim `night` and enqueue its work; False if it was already claimed (by anyone).
+
+    `already_sent`: days a catch-up has already enqueued (nights overlap by two days), so each
+    day is computed once per catch-up rather than by three concurrent workers.
+    """
+    sent = already_sent if already_sent is not None else set()
     with claimed(NIGHTLY_TASK, night.isoformat(), me()) as mine:
         if not mine:
             return False
-        for back in range(1, RECOMPUTE_DAYS + 1):
-            send("compute_daily_metrics", (night - timedelta(days=back)).isoformat())
+        days = [night - timedelta(days=back) for back in range(1, RECOMPUTE_DAYS + 1)]
+        for day in days:
+            if day not in sent:
+                send("compute_daily_metrics", day.isoformat())
         send("purge_old")
+    sent.update(days)
     log.info("night %s: metrics of the %d days before it and the purge enqueued", night, RECOMPUTE_DAYS)
     return True
 
@@ -80,9 +88,10 @@ def nightly(now: datetime) -> list[date]:
     if claimed is not None:
         first = max(latest - timedelta(days=BACKFILL_MAX_NIGHTS - 1), date.fromisoformat(claimed) + timedelta(days=1))
     ran = []
+    sent: set[date] = set()
     night = first
     while night <= latest:
-        if run_night(night):
+        if run_night(night, sent):
             ran.append(night)
         night += timedelta(days=1)
     return ran

@@ -13,6 +13,7 @@ import hmac
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, update
@@ -145,8 +146,32 @@ def verify_chain(session: Session, key: bytes) -> VerifyReport:
     return report
 
 
+def anchor_mac(key: bytes, through_id: int, last_hash: str, through_at: datetime) -> str:
+    """The HMAC that makes a purge anchor unforgeable without the audit key."""
+    text = f"audit-anchor\x1f{through_id}\x1f{last_hash}\x1f{through_at.isoformat()}"
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+def _anchor_break(key: bytes, head: AuditChainHead) -> ChainBreak | None:
+    """Why the purge anchor cannot be trusted, if it cannot: its HMAC is wrong, so it was not
+    written by a purge holding the audit key (someone deleted rows and moved the anchor)."""
+    if head.pruned_through_id == 0:
+        return None
+    at = head.pruned_through_at
+    if at is None or head.pruned_mac is None:
+        genuine = False
+    else:
+        expected = anchor_mac(key, head.pruned_through_id, head.pruned_last_hash, at)
+        genuine = hmac.compare_digest(expected, head.pruned_mac)
+    if genuine:
+        return None
+    return ChainBreak(head.pruned_through_id + 1, "the purge anchor is not genuine: rows before this one were deleted")
+
+
 def _walk(session: Session, key: bytes) -> VerifyReport:
     head = _read_head(session)
+    if (broken := _anchor_break(key, head)) is not None:
+        return VerifyReport(0, broken)
     prev_hash, last_id, checked = head.pruned_last_hash, head.pruned_through_id, 0
     while True:
         for row in _rows_in_order(session, last_id, head.last_id):

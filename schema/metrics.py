@@ -15,7 +15,6 @@ in different orders and an unrounded mean could differ in its last bit.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -25,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import Float, SQLColumnExpression, and_, case, cast, extract, func, literal_column
 from sqlalchemy import select as sa_select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlmodel import Session, col, select
 
 from onnxq.errors import PermanentError
@@ -95,12 +95,24 @@ def _ms(value: float) -> float:
     return round(value, MS_DIGITS)
 
 
+def ordered_mean(values: list[float]) -> float:
+    """The mean as PostgreSQL's `avg(x ORDER BY x)` computes it: a plain left-to-right sum of the
+    sorted values (not `math.fsum`, not 3.12's compensated `sum`), then one division."""
+    total = 0.0
+    for value in values:
+        total += value
+    return total / len(values)
+
+
 def summaries(session: Session, key: SQLColumnExpression[Any], measure: Measure, *where: Any) -> dict[Any, Summary]:
     """Mean, p50, p95 and p99 of `measure` per value of `key`, over the rows `where` selects."""
     if session.get_bind().dialect.name == "postgresql":
         query = (
             sa_select(
-                key, func.avg(measure.sql), *(func.percentile_cont(q).within_group(measure.sql) for q in QUANTILES)
+                key,
+                # Summed in ascending order, as on SQLite below: float addition depends on order.
+                func.avg(aggregate_order_by(measure.sql, measure.sql)),
+                *(func.percentile_cont(q).within_group(measure.sql) for q in QUANTILES),
             )
             .where(*where)
             .group_by(key)
@@ -110,7 +122,7 @@ def summaries(session: Session, key: SQLColumnExpression[Any], measure: Measure,
     result = {}
     for group, members in groupby(rows, key=lambda row: row[0]):
         values = sorted(measure.compute(*row[1:]) for row in members)
-        result[group] = Summary(_ms(statistics.fmean(values)), *(_ms(percentile_cont(values, q)) for q in QUANTILES))
+        result[group] = Summary(_ms(ordered_mean(values)), *(_ms(percentile_cont(values, q)) for q in QUANTILES))
     return result
 
 

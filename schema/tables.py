@@ -191,6 +191,10 @@ class AuditChainHead(SQLModel, table=True):
     # row's prev_hash must equal the last purged row's hash.
     pruned_through_id: int = 0
     pruned_last_hash: str = Field(default="0" * 64, max_length=64)
+    # When the last purged row was written, and an HMAC over the anchor: an anchor moved by hand
+    # (to hide deleted rows) fails verification.
+    pruned_through_at: datetime | None = None
+    pruned_mac: str | None = Field(default=None, max_length=64)
 
 
 class PytorchABTest(SQLModel, table=True):

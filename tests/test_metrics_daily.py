@@ -36,7 +36,13 @@ from tests.corpus import corpus
 from tests.helpers import DEMO, audit_rows, wait_all
 
 runner = CliRunner()
-YESTERDAY = datetime.now(UTC).date() - timedelta(days=1)
+
+
+def yesterday() -> date:
+    """Yesterday (UTC), when the test asks: a module constant would go stale across midnight."""
+    return datetime.now(UTC).date() - timedelta(days=1)
+
+
 # Ten succeeded jobs: inference 1..10 ms, end to end (k seconds + 1 µs), in shuffled order.
 INFERENCE_MS = [float(k) for k in range(1, 11)]
 TOTAL_MS = [1000.0 * k + 0.001 for k in range(1, 11)]
@@ -162,12 +168,12 @@ def _synthetic_day(day: date) -> None:
 
 def test_percentiles_and_counts_equal_hand_computed_values(migrated: str) -> None:
     # Given a day of known jobs, audit rows and route logs (on SQLite and on PostgreSQL)
-    _synthetic_day(YESTERDAY)
+    _synthetic_day(yesterday())
     # When the day is computed
     with session_scope() as session:
-        assert compute_day(session, YESTERDAY) == (1, 3)
+        assert compute_day(session, yesterday()) == (1, 3)
     # Then the model row holds the hand-computed figures (linear interpolation: 1..10 → p95 9.55)
-    (row,) = _model_rows(YESTERDAY)
+    (row,) = _model_rows(yesterday())
     assert row["total_requests"] == 11 and row["failed_requests"] == 1
     assert (row["avg_inference_time_ms"], row["p50_inference_time_ms"]) == (5.5, 5.5)
     assert (row["p95_inference_time_ms"], row["p99_inference_time_ms"]) == (9.55, 9.91)
@@ -177,7 +183,7 @@ def test_percentiles_and_counts_equal_hand_computed_values(migrated: str) -> Non
     # Feedback on a failed job is not a labelled prediction
     assert row["labelled_requests"] == 4 and row["accuracy"] == 0.75
     # And the routing backends, "" for the job no backend could serve
-    routes = _route_rows(YESTERDAY)
+    routes = _route_rows(yesterday())
     assert set(routes) == {"chest-xray", "remote-llm", ""}
     local = routes["chest-xray"]
     assert (local["requests"], local["fallbacks"], local["cost"], local["all_remote_cost"]) == (3, 1, 0.0, 0.03)
@@ -191,18 +197,18 @@ def test_percentiles_and_counts_equal_hand_computed_values(migrated: str) -> Non
 
 
 def test_a_rerun_changes_only_computed_at_and_an_empty_day_keeps_no_rows(migrated: str) -> None:
-    _synthetic_day(YESTERDAY)
-    empty_day = YESTERDAY - timedelta(days=2)
+    _synthetic_day(yesterday())
+    empty_day = yesterday() - timedelta(days=2)
     with session_scope() as session:
-        compute_day(session, YESTERDAY)
+        compute_day(session, yesterday())
         # A row left over for a day that no longer has jobs (e.g. computed before a purge)
         session.add(PytorchModelMetrics(model_id=_demo_id(), date=empty_day, total_requests=5))
         session.add(RouteMetrics(backend="chest-xray", date=empty_day, requests=5))
-    first, first_routes = _model_rows(YESTERDAY), _route_rows(YESTERDAY)
+    first, first_routes = _model_rows(yesterday()), _route_rows(yesterday())
     with session_scope() as session:
-        assert compute_day(session, YESTERDAY) == (1, 3)
+        assert compute_day(session, yesterday()) == (1, 3)
         assert compute_day(session, empty_day) == (0, 0)
-    second, second_routes = _model_rows(YESTERDAY), _route_rows(YESTERDAY)
+    second, second_routes = _model_rows(yesterday()), _route_rows(yesterday())
     assert second[0]["computed_at"] >= first[0]["computed_at"]
     # The same rows (ids included), only computed_at moves
     unchanged = {"computed_at": None}
@@ -215,7 +221,7 @@ def test_a_rerun_changes_only_computed_at_and_an_empty_day_keeps_no_rows(migrate
 
 def test_a_day_the_purge_may_have_reached_is_refused_and_kept(migrated: str) -> None:
     # Given a stored row for a day older than the job retention (30 days by default)
-    old_day = YESTERDAY - timedelta(days=40)
+    old_day = yesterday() - timedelta(days=40)
     with session_scope() as session:
         session.add(PytorchModelMetrics(model_id=_demo_id(), date=old_day, total_requests=5))
     # When it is recomputed, by the function and by hand
@@ -306,10 +312,10 @@ def test_a_day_of_real_jobs_computed_by_the_actor(worker: object, samples: list[
 @pytest.fixture()
 def computed(migrated: str) -> date:
     """Yesterday's synthetic day, computed."""
-    _synthetic_day(YESTERDAY)
+    _synthetic_day(yesterday())
     with session_scope() as session:
-        compute_day(session, YESTERDAY)
-    return YESTERDAY
+        compute_day(session, yesterday())
+    return yesterday()
 
 
 def test_the_metrics_command_prints_tables_and_json(computed: date, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -335,11 +341,11 @@ def test_the_metrics_command_prints_tables_and_json(computed: date, monkeypatch:
 
 
 def test_metrics_compute_runs_a_day_by_hand(migrated: str) -> None:
-    _synthetic_day(YESTERDAY)
+    _synthetic_day(yesterday())
     default = runner.invoke(cli, ["metrics", "compute"])  # yesterday, UTC
     assert default.exit_code == 0, default.output
-    assert default.stdout.strip() == f"{YESTERDAY.isoformat()}: 1 model row(s), 3 routing backend row(s) written"
-    assert _model_rows(YESTERDAY)[0]["total_requests"] == 11
+    assert default.stdout.strip() == f"{yesterday().isoformat()}: 1 model row(s), 3 routing backend row(s) written"
+    assert _model_rows(yesterday())[0]["total_requests"] == 11
     bad = runner.invoke(cli, ["metrics", "compute", "--date", "2026-02-30"])
     assert bad.exit_code == 2 and "is not a date" in bad.output
 

@@ -197,6 +197,22 @@ def test_the_purge_keeps_what_is_recent_and_the_chain_verifiable(worker: Any, sa
     assert "2 rows" in output
     # And a second purge changes nothing
     assert purge_expired(audit_now) == PurgeCounts(jobs=0, route_logs=0, audit_rows=0)
+    # And an anchor moved by hand over deleted rows (to hide them) is refused: its HMAC is wrong
+    with get_engine().begin() as conn:
+        row = conn.execute(text("SELECT id, prev_hash FROM pytorch_inference_logs ORDER BY id DESC LIMIT 1")).one()
+        saved = conn.execute(text("SELECT pruned_through_id, pruned_last_hash FROM audit_chain_head")).one()
+        conn.execute(
+            text("UPDATE audit_chain_head SET pruned_through_id = :id, pruned_last_hash = :h"),
+            {"id": row.id - 1, "h": row.prev_hash},
+        )
+    code, output = _verify()
+    assert code == 1 and "not genuine" in output
+    with get_engine().begin() as conn:
+        conn.execute(
+            text("UPDATE audit_chain_head SET pruned_through_id = :id, pruned_last_hash = :h"),
+            {"id": saved.pruned_through_id, "h": saved.pruned_last_hash},
+        )
+    assert _verify()[0] == 0
 
     # When a remaining row is edited, the chain names it
     first_kept = audit_rows()[0].id or 0

@@ -36,7 +36,7 @@ from onnxq import notify, payloads
 from onnxq.errors import JobLost
 from onnxq.payloads import get_redis, payload_key
 from onnxq.settings import get_settings
-from schema.audit import lock_chain, row_digest
+from schema.audit import anchor_mac, lock_chain, row_digest
 from schema.db import get_engine, session_scope
 from schema.jobs import fail_job
 from schema.tables import TERMINAL_STATUSES, Job, JobStatus, PytorchInferenceLog, RouteLog
@@ -226,7 +226,10 @@ def _purge_audit(key: bytes, cutoff: datetime) -> int:
                     col(PytorchInferenceLog.id) > start, col(PytorchInferenceLog.id) <= through
                 )
             )
+            through_at = max(row.created_at for row in rows)
             head.pruned_through_id, head.pruned_last_hash = through, last_hash
+            head.pruned_through_at = through_at
+            head.pruned_mac = anchor_mac(key, through, last_hash, through_at)
             session.add(head)
         purged += through - start
 

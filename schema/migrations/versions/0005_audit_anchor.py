@@ -20,9 +20,13 @@ def upgrade() -> None:
     with op.batch_alter_table("audit_chain_head") as batch:
         batch.add_column(sa.Column("pruned_through_id", sa.Integer(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("pruned_last_hash", sa.String(length=64), nullable=False, server_default="0" * 64))
+        batch.add_column(sa.Column("pruned_through_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("pruned_mac", sa.String(length=64), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("audit_chain_head") as batch:
+        batch.drop_column("pruned_mac")
+        batch.drop_column("pruned_through_at")
         batch.drop_column("pruned_last_hash")
         batch.drop_column("pruned_through_id")
