@@ -80,6 +80,12 @@ def demo(
                         refused[path.name] = f"{exc.code}: {exc.message}"
                 err.print(f"submitted {len(accepted)} jobs to {stack.url}; waiting for the worker…")
                 views = client.wait(accepted.values(), timeout_s=120)
+                # The samples are named after their true class: send it back as feedback, so the
+                # day's metrics below have an accuracy.
+                for name, job_id in accepted.items():
+                    label = label_of(name)
+                    if label is not None and views[job_id]["status"] == "succeeded":
+                        client.feedback(job_id, label)
     except (StackError, ClientError) as exc:
         err.print(f"[red]onnxq demo: {exc}[/red]", soft_wrap=True)
         raise typer.Exit(1) from None
@@ -102,5 +108,33 @@ def demo(
     with Session(get_engine()) as session:
         report = verify_chain(session, get_settings().audit_key_bytes())
     out.print(f"audit chain: {'OK' if report.ok else 'BROKEN'}, {report.rows_checked} rows")
+    show_todays_metrics()
     if refused or any(v["status"] != "succeeded" for v in views.values()) or not report.ok:
         raise typer.Exit(1)
+
+
+SAMPLE_LABELS = {"covid-19": "COVID-19", "pneumonia": "Pneumonia", "normal": "Normal"}
+
+
+def label_of(file_name: str) -> str | None:
+    """The true class a sample's name starts with (`pneumonia_2.jpg` → "Pneumonia")."""
+    stem = file_name.rsplit("_", 1)[0].lower()
+    return SAMPLE_LABELS.get(stem)
+
+
+def show_todays_metrics() -> None:
+    """Compute today's daily metrics by hand (the scheduler does it nightly) and print them."""
+    from sqlmodel import Session
+
+    from producer.metrics_cli import model_table
+    from schema.db import get_engine, session_scope
+    from schema.metrics import compute_day, daily_metrics
+    from schema.tables import utcnow
+
+    today = utcnow().date()
+    with session_scope() as session:
+        compute_day(session, today)
+    with Session(get_engine()) as session:
+        rows = daily_metrics(session, model=None, days=0, today=today)
+    # Wider than the results table: the metrics table has more columns.
+    Console(width=None if out.is_terminal else 200).print(model_table(rows.models))

@@ -57,7 +57,7 @@ def show(
         out.print(f"No daily metrics in the last {days} day(s); `onnxq metrics compute --date YYYY-MM-DD` makes them.")
         return
     if rows.models:
-        out.print(_model_table(rows.models))
+        out.print(model_table(rows.models))
     if rows.routes:
         out.print(_route_table(rows.routes))
 
@@ -66,7 +66,8 @@ def _figure(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _model_table(rows: list[ModelDay]) -> Table:
+def model_table(rows: list[ModelDay]) -> Table:
+    """The models table of `onnxq metrics` (also printed by the demo)."""
     table = Table(
         "date",
         "model",

@@ -252,6 +252,13 @@ def test_demo_classifies_the_samples_over_http(tmp_path: Path, samples: list[Pat
             assert cells[3].lower() == expected_label(Path(cells[0]))
         assert f"audit chain: OK, {len(samples) * run} rows" in demo.stdout
         assert f"submitted {len(samples)} jobs to http://127.0.0.1:" in demo.stderr
+        # And today's metrics, computed by hand, count both runs with their feedback (every sample
+        # is labelled by its name, and the model gets them all right)
+        metrics = next(line for line in demo.stdout.splitlines() if "│ chest-xray-classifier-demo@" in line)
+        cells = [cell.strip() for cell in metrics.strip("│ ").split("│")]
+        assert cells[2] == str(len(samples) * run) and cells[3] == "0"
+        assert cells[-1] == f"100.0% ({len(samples) * run})"
     # And the images went in over HTTP, in the web process's log of its own
     web_log = (tmp_path / "data" / "demo-web.log").read_text()
     assert web_log.count('"POST /v1/jobs/inference HTTP/1.1" 202') == 2 * len(samples)
+    assert web_log.count('/feedback HTTP/1.1" 200') == 2 * len(samples)
