@@ -70,12 +70,14 @@ def demo(
         ) as stack:
             # Rotated on every run: the key is used here and never shown.
             key = create_key("demo", replace=True).secret
+            ab_test = start_ab_test(model)
             accepted: dict[str, str] = {}
             refused: dict[str, str] = {}
             with OnnxqClient(stack.url, api_key=key) as client:
                 for path in files:
                     try:
-                        accepted[path.name] = client.submit(path, model, user_id="demo")
+                        # One user per sample: the A/B test splits users between the versions.
+                        accepted[path.name] = client.submit(path, model, user_id=f"demo-{path.stem}")
                     except ClientError as exc:
                         refused[path.name] = f"{exc.code}: {exc.message}"
                 err.print(f"submitted {len(accepted)} jobs to {stack.url}; waiting for the worker…")
@@ -109,6 +111,8 @@ def demo(
         report = verify_chain(session, get_settings().audit_key_bytes())
     out.print(f"audit chain: {'OK' if report.ok else 'BROKEN'}, {report.rows_checked} rows")
     show_todays_metrics()
+    if ab_test is not None:
+        close_ab_test(ab_test)
     if refused or any(v["status"] != "succeeded" for v in views.values()) or not report.ok:
         raise typer.Exit(1)
 
@@ -138,3 +142,37 @@ def show_todays_metrics() -> None:
         rows = daily_metrics(session, model=None, days=0, today=today)
     # Wider than the results table: the metrics table has more columns.
     Console(width=None if out.is_terminal else 200).print(model_table(rows.models))
+
+
+def start_ab_test(model: str) -> str | None:
+    """An A/B test between the model's first two versions, if it has two (the demo model does:
+    version 2 is the same network), for the demo's jobs; its name, or None."""
+    from sqlmodel import col, select
+
+    from schema.abtests import create_test
+    from schema.db import session_scope
+    from schema.registry import split_ref
+    from schema.tables import PytorchModel, utcnow
+
+    name, version = split_ref(model)
+    if version is not None:
+        return None
+    with session_scope() as session:
+        versions = session.exec(
+            select(PytorchModel.model_version)
+            .where(col(PytorchModel.model_name) == name)
+            .order_by(col(PytorchModel.id))
+        ).all()
+        if len(versions) < 2:
+            return None
+        test = f"demo-{utcnow():%Y%m%d-%H%M%S}"
+        create_test(session, test, model_a=f"{name}@{versions[0]}", model_b=f"{name}@{versions[1]}", min_samples=2)
+    return test
+
+
+def close_ab_test(name: str) -> None:
+    """Close the demo's A/B test and print its per-arm figures and verdict."""
+    from producer.abtest_cli import print_test
+    from workers.abtests import close_test
+
+    print_test(close_test(name))

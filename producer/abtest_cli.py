@@ -87,7 +87,8 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
     out.print(table)
 
 
-def _print(test: ABTestView) -> None:
+def print_test(test: ABTestView) -> None:
+    """A test's per-arm figures side by side, then its one-line verdict."""
     table = Table("", f"A: {test.model_a}", f"B: {test.model_b}", title=f"A/B test {test.name} ({test.metric})")
     a, b = test.arms["A"], test.arms["B"]
 
@@ -122,7 +123,7 @@ def show(
     if as_json:
         sys.stdout.write(test.model_dump_json() + "\n")
         return
-    _print(test)
+    print_test(test)
 
 
 @abtest_app.command("close")
@@ -134,4 +135,4 @@ def close(name: str = typer.Argument(..., help="The test's name.")) -> None:
         test = close_test(name)
     except OnnxqError as exc:
         raise _fail(exc) from None
-    _print(test)
+    print_test(test)

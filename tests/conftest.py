@@ -76,7 +76,10 @@ def _committed_models() -> str:
     """A model repository holding only the committed demo model: a locally built benchmark
     model (onnx/resnet18-bench, not in git) would be loaded and warmed by every test worker."""
     root = Path(tempfile.mkdtemp(prefix="onnxq-test-models-"))
-    (root / "chest-xray-classifier-demo").symlink_to(REPO / "onnx" / "chest-xray-classifier-demo")
+    # Version 1 only: the tests count on one demo model version (version 2, for the demo's A/B
+    # test, is the same network).
+    (root / "chest-xray-classifier-demo").mkdir()
+    (root / "chest-xray-classifier-demo" / "1").symlink_to(REPO / "onnx" / "chest-xray-classifier-demo" / "1")
     return str(root)
 
 

@@ -238,6 +238,12 @@ def test_demo_classifies_the_samples_over_http(tmp_path: Path, samples: list[Pat
     # Given a fresh data dir and no REDIS_URL or DATABASE_URL (embedded Redis, SQLite), as `make demo`
     env = {k: v for k, v in worker_env().items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env["ONNXQ_DATA_DIR"] = str(tmp_path / "data")
+    # and the demo model's two versions (the demo runs an A/B test between them)
+    models = tmp_path / "models" / "chest-xray-classifier-demo"
+    models.mkdir(parents=True)
+    for version in ("1", "2"):
+        (models / version).symlink_to(REPO / "onnx" / "chest-xray-classifier-demo" / version)
+    env["ONNXQ_MODEL_DIR"] = str(models.parent)
     # When the demo runs twice (its API key is rotated, not refused, the second time)
     for run in (1, 2):
         demo = subprocess.run(
@@ -254,10 +260,13 @@ def test_demo_classifies_the_samples_over_http(tmp_path: Path, samples: list[Pat
         assert f"submitted {len(samples)} jobs to http://127.0.0.1:" in demo.stderr
         # And today's metrics, computed by hand, count both runs with their feedback (every sample
         # is labelled by its name, and the model gets them all right)
-        metrics = next(line for line in demo.stdout.splitlines() if "│ chest-xray-classifier-demo@" in line)
-        cells = [cell.strip() for cell in metrics.strip("│ ").split("│")]
-        assert cells[2] == str(len(samples) * run) and cells[3] == "0"
-        assert cells[-1] == f"100.0% ({len(samples) * run})"
+        lines = [line for line in demo.stdout.splitlines() if "│ chest-xray-classifier-demo@" in line]
+        cells = [[cell.strip() for cell in line.strip("│ ").split("│")] for line in lines]
+        assert sum(int(row[2]) for row in cells) == len(samples) * run and {row[3] for row in cells} == {"0"}
+        assert sum(int(row[-1].split("(")[1].rstrip(")")) for row in cells) == len(samples) * run
+        assert {row[-1].split(" ")[0] for row in cells} == {"100.0%"}
+        # And an A/B test between the two versions, closed with its verdict (same network: no winner)
+        assert "closed: no significant difference" in demo.stdout
     # And the images went in over HTTP, in the web process's log of its own
     web_log = (tmp_path / "data" / "demo-web.log").read_text()
     assert web_log.count('"POST /v1/jobs/inference HTTP/1.1" 202') == 2 * len(samples)

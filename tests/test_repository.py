@@ -51,7 +51,8 @@ max_wait_ms = 5
 def model_dir(env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A migrated database and ONNXQ_MODEL_DIR pointing at a private copy of the demo model."""
     copy = tmp_path / "onnx"
-    shutil.copytree(REPO / "onnx" / DEMO, copy / DEMO)
+    # Version 1 only (version 2, for the demo's A/B test, links to the same file).
+    shutil.copytree(REPO / "onnx" / DEMO / "1", copy / DEMO / "1")
     monkeypatch.setenv("ONNXQ_MODEL_DIR", str(copy))
     get_settings.cache_clear()
     assert get_settings().model_dir == copy
