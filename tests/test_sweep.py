@@ -241,3 +241,23 @@ def test_a_purge_keeps_an_edited_row_as_evidence(worker: Any, samples: list[Path
     assert left == [row.id for row in rows]
     code, output = _verify()
     assert code == 1 and f"row {edited}" in output
+
+
+def test_the_purge_keeps_only_recent_scheduler_claims_and_the_latest_of_each_task(migrated: str) -> None:
+    from schema.tables import SchedulerClaim
+
+    now = utcnow()
+    old = now - timedelta(days=get_settings().job_retention_days + 1)
+    with session_scope() as session:
+        for task, period, at in [
+            ("sweep", "old-1", old),
+            ("sweep", "old-2", old),
+            ("sweep", "new", now),
+            ("nightly", "2020-01-01", old),
+            ("nightly", "2020-01-02", old),  # the latest nightly claim, however old: kept
+        ]:
+            session.add(SchedulerClaim(task=task, period=period, claimed_at=at, claimed_by="test"))
+    purge_expired(now)
+    with Session(get_engine()) as session:
+        left = sorted((c.task, c.period) for c in session.exec(select(SchedulerClaim)).all())
+    assert left == [("nightly", "2020-01-02"), ("sweep", "new")]

@@ -39,7 +39,7 @@ from onnxq.settings import get_settings
 from schema.audit import anchor_mac, lock_chain, row_digest
 from schema.db import get_engine, session_scope
 from schema.jobs import fail_job
-from schema.tables import TERMINAL_STATUSES, Job, JobStatus, PytorchInferenceLog, RouteLog
+from schema.tables import TERMINAL_STATUSES, Job, JobStatus, PytorchInferenceLog, RouteLog, SchedulerClaim
 from workers.actors import fail_exhausted_job, run_inference, run_route
 from workers.broker import INFERENCE_QUEUE, MAINTENANCE_QUEUE, ROUTING_QUEUE, broker
 
@@ -163,6 +163,14 @@ def purge_expired(now: datetime) -> PurgeCounts:
     jobs = _purge_jobs(job_cutoff)
     with session_scope() as session:
         route_logs = session.execute(delete(RouteLog).where(col(RouteLog.created_at) < job_cutoff)).rowcount  # type: ignore[attr-defined]
+        # The scheduler's claims (one per sweep period, ~290 a day) need keeping only as long as
+        # a catch-up could reach back; the latest claim per task survives whatever its age.
+        latest = select(func.max(col(SchedulerClaim.id))).group_by(col(SchedulerClaim.task))
+        session.execute(
+            delete(SchedulerClaim)
+            .where(col(SchedulerClaim.claimed_at) < job_cutoff)
+            .where(col(SchedulerClaim.id).not_in(latest))
+        )
     audit_rows = _purge_audit(settings.audit_key_bytes(), now - timedelta(days=settings.audit_retention_days))
     counts = PurgeCounts(jobs, int(route_logs), audit_rows)
     log.info("purge: %s", counts)
