@@ -42,27 +42,13 @@ def scheduler() -> None:
     # The nightly task runs on every tick too, and once before start: it only enqueues nights not yet
     # claimed, so a night missed (the process down at its time, Redis down when it ran) is caught
     # up within minutes instead of the next night.
-    runner.add_job(
-        lambda: _catch_up(clock),
-        IntervalTrigger(seconds=settings.sweep_every_s),
-        id="catch-up",
-        coalesce=True,
-        max_instances=1,
+    periodic = (
+        ("catch-up", lambda: _catch_up(clock), settings.sweep_every_s),
+        ("sweep", lambda: clock.sweep(utcnow()), settings.sweep_every_s),
+        ("abtests", lambda: clock.abtests(utcnow()), settings.abtest_every_s),
     )
-    runner.add_job(
-        lambda: clock.sweep(utcnow()),
-        IntervalTrigger(seconds=settings.sweep_every_s),
-        id="sweep",
-        coalesce=True,
-        max_instances=1,
-    )
-    runner.add_job(
-        lambda: clock.abtests(utcnow()),
-        IntervalTrigger(seconds=settings.abtest_every_s),
-        id="abtests",
-        coalesce=True,
-        max_instances=1,
-    )
+    for name, task, every_s in periodic:
+        runner.add_job(task, IntervalTrigger(seconds=every_s), id=name, coalesce=True, max_instances=1)
 
     def stop(*_: Any) -> None:
         if runner.running:

@@ -14,9 +14,6 @@ from schema.db import get_engine
 from schema.tables import PytorchInferenceLog
 
 DEMO = "chest-xray-classifier-demo"
-# Not imported from tests.conftest: pytest loads conftest.py as its own module, and importing it
-# again under another name would run its set-up (the environment it prepares) a second time.
-REPO = Path(__file__).resolve().parents[1]
 
 
 def wait_all(job_ids: list[str], timeout_s: float = 60) -> dict[str, dict[str, Any]]:
@@ -57,22 +54,11 @@ def worker_env(**extra: str) -> dict[str, str]:
 
 
 def spawn_onnxq(args: list[str], log_path: Any, env: dict[str, str]) -> Any:
-    """`python -m onnxq ARGS` in its own process group, logging to `log_path`."""
-    import subprocess
-    import sys
+    """`python -m onnxq ARGS` in its own process group, logging to `log_path` (as `onnxq up`
+    starts its children)."""
+    from onnxq.stack import spawn
 
-    log = open(log_path, "ab")  # noqa: SIM115  (the child keeps it; closed with the process)
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "onnxq", *args],
-            env=env,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    finally:
-        log.close()
+    return spawn(args, env, Path(log_path))
 
 
 def start_worker_process(log_path: Any, env: dict[str, str], threads: int = 16) -> Any:

@@ -58,14 +58,17 @@ def fail_exhausted_job(message: dict[str, Any], retry_info: dict[str, Any]) -> N
     )
 
 
-@dramatiq.actor(
-    queue_name=INFERENCE_QUEUE,
-    max_retries=_settings.job_max_retries,
-    min_backoff=_settings.job_min_backoff_ms,
-    max_backoff=_settings.job_max_backoff_ms,
-    on_retry_exhausted=fail_exhausted_job.actor_name,
-    broker=broker,
-)
+# Both job actors: transient errors retried with backoff, then the job ends `retries_exhausted`.
+JOB_RETRIES: dict[str, Any] = {
+    "max_retries": _settings.job_max_retries,
+    "min_backoff": _settings.job_min_backoff_ms,
+    "max_backoff": _settings.job_max_backoff_ms,
+    "on_retry_exhausted": fail_exhausted_job.actor_name,
+    "broker": broker,
+}
+
+
+@dramatiq.actor(queue_name=INFERENCE_QUEUE, **JOB_RETRIES)
 def run_inference(job_id: str) -> None:
     """Decode one job's image in this worker thread, then wait for its batch to be run and written.
 
@@ -114,14 +117,7 @@ def prepare(job_id: str) -> tuple[ModelRunner, Prepared] | None:
     )
 
 
-@dramatiq.actor(
-    queue_name=ROUTING_QUEUE,
-    max_retries=_settings.job_max_retries,
-    min_backoff=_settings.job_min_backoff_ms,
-    max_backoff=_settings.job_max_backoff_ms,
-    on_retry_exhausted=fail_exhausted_job.actor_name,
-    broker=broker,
-)
+@dramatiq.actor(queue_name=ROUTING_QUEUE, **JOB_RETRIES)
 def run_route(job_id: str) -> None:
     """Run one routing job: its decided backend, then fallbacks; record the answer and its cost.
 

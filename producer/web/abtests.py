@@ -36,17 +36,7 @@ class ABTestCreate(BaseModel):
 def create_abtest(body: ABTestCreate) -> ABTestView:
     """Start splitting the jobs of a model name between two of its versions."""
     with session_scope() as session:
-        create_test(
-            session,
-            body.name,
-            model_a=body.model_a,
-            model_b=body.model_b,
-            split_percent=body.split_percent,
-            metric=body.metric,
-            min_samples=body.min_samples,
-            ends_at=body.ends_at,
-            auto_promote=body.auto_promote,
-        )
+        create_test(session, body.name, **body.model_dump(exclude={"name"}))
     return show_test(body.name)
 
 
