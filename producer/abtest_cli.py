@@ -1,4 +1,5 @@
-"""`onnxq abtest`: create, list, show and close A/B tests between two versions of a model."""
+"""`onnxq abtest`: create, list, show and close A/B tests between two versions of a model, or
+between two router backends for the medium queries."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from onnxq.errors import OnnxqError
 if TYPE_CHECKING:
     from schema.abtests import ABTestView
 
-abtest_app = typer.Typer(help="A/B tests between two versions of a model.", no_args_is_help=True)
+abtest_app = typer.Typer(
+    help="A/B tests between two versions of a model, or two router backends.", no_args_is_help=True
+)
 out = Console()
 
 
@@ -37,15 +40,24 @@ def _fail(exc: OnnxqError) -> typer.Exit:
 @abtest_app.command("create")
 def create(
     name: str = typer.Argument(..., help="A name for the test."),
-    model_a: str = typer.Option(..., "--model-a", help="Arm A, NAME@VERSION (usually the current version)."),
-    model_b: str = typer.Option(..., "--model-b", help="Arm B, NAME@VERSION (the challenger)."),
+    model_a: str | None = typer.Option(None, "--model-a", help="Arm A, NAME@VERSION (usually the current version)."),
+    model_b: str | None = typer.Option(None, "--model-b", help="Arm B, NAME@VERSION (the challenger)."),
+    backend_a: str | None = typer.Option(
+        None, "--backend-a", help="A routing test instead: arm A, a backend of the router config."
+    ),
+    backend_b: str | None = typer.Option(None, "--backend-b", help="A routing test: arm B, another backend."),
     split: int = typer.Option(50, "--split", min=1, max=99, help="Percent of the jobs sent to B."),
-    metric: str = typer.Option("accuracy", "--metric", help="accuracy (from feedback) or latency."),
+    metric: str | None = typer.Option(
+        None,
+        "--metric",
+        help="Models: accuracy (from feedback, the default) or latency. Backends: latency (the default) or cost.",
+    ),
     min_samples: int = typer.Option(100, "--min-samples", min=2, help="Per arm, before the test may close early."),
     ends: str | None = typer.Option(None, "--ends", help="Close at this UTC date/time whatever the figures."),
     auto_promote: bool = typer.Option(False, "--auto-promote", help="Make the winner the only active version."),
 ) -> None:
-    """Start splitting the jobs of a model name between two of its versions."""
+    """Start splitting the jobs of a model name between two of its versions (--model-a/--model-b),
+    or the router's medium queries between two backends (--backend-a/--backend-b)."""
     from schema.abtests import create_test
     from schema.db import session_scope
 
@@ -56,16 +68,19 @@ def create(
                 name,
                 model_a=model_a,
                 model_b=model_b,
+                backend_a=backend_a,
+                backend_b=backend_b,
                 split_percent=split,
                 metric=metric,
                 min_samples=min_samples,
                 ends_at=_ends(ends),
                 auto_promote=auto_promote,
             )
-            model = test.model_name
+            what = "medium routing" if test.kind == "route" else test.model_name
+            arm_a, arm_b = (backend_a, backend_b) if test.kind == "route" else (model_a, model_b)
     except OnnxqError as exc:
         raise _fail(exc) from None
-    typer.echo(f"A/B test {name} running: {100 - split}% of {model} jobs to {model_a}, {split}% to {model_b}")
+    typer.echo(f"A/B test {name} running: {100 - split}% of {what} jobs to {arm_a}, {split}% to {arm_b}")
 
 
 @abtest_app.command("list")
@@ -80,7 +95,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
     if not tests:
         out.print("No A/B tests; `onnxq abtest create` starts one.")
         return
-    table = Table("name", "model A", "model B", "split to B", "metric", "status", "winner", "p-value")
+    table = Table("name", "A", "B", "split to B", "metric", "status", "winner", "p-value")
     for t in tests:
         p = "-" if t.p_value is None else f"{t.p_value:.3g}"
         table.add_row(t.name, t.model_a, t.model_b, f"{t.split_percent}%", t.metric, t.status, t.winner or "-", p)
@@ -98,12 +113,19 @@ def print_test(test: ABTestView) -> None:
     def share(value: float | None) -> str:
         return "-" if value is None else f"{value:.1%}"
 
+    def cost(value: float | None) -> str:
+        return "-" if value is None else f"{value:.6f}"
+
+    timed = "backend latency" if test.kind == "route" else "inference"
     table.add_row("traffic", f"{100 - test.split_percent}%", f"{test.split_percent}%")
     table.add_row("requests", str(a.requests), str(b.requests))
-    table.add_row("mean inference ms", ms(a.mean_ms), ms(b.mean_ms))
-    table.add_row("p95 inference ms", ms(a.p95_ms), ms(b.p95_ms))
-    table.add_row("labelled", str(a.labelled), str(b.labelled))
-    table.add_row("accuracy", share(a.accuracy), share(b.accuracy))
+    table.add_row(f"mean {timed} ms", ms(a.mean_ms), ms(b.mean_ms))
+    table.add_row(f"p95 {timed} ms", ms(a.p95_ms), ms(b.p95_ms))
+    if test.kind == "route":
+        table.add_row("mean cost", cost(a.mean_cost), cost(b.mean_cost))
+    else:
+        table.add_row("labelled", str(a.labelled), str(b.labelled))
+        table.add_row("accuracy", share(a.accuracy), share(b.accuracy))
     out.print(table)
     out.print(test.verdict, markup=False)
 

@@ -31,6 +31,7 @@ from onnxq.errors import (
 from onnxq.images import image_limits, inspect_image
 from onnxq.payloads import get_redis
 from onnxq.settings import get_settings
+from onnxq.split import variant_for
 from schema.abtests import cached_running_test
 from schema.audit import input_hash
 from schema.db import get_engine, session_scope
@@ -125,14 +126,12 @@ def submit_inference(
 def ab_arm(model: str, subject: str) -> tuple[int, str, str] | None:
     """(test id, arm, NAME@VERSION) when a running A/B test splits the jobs of `model`; a
     reference with an explicit @version is never split."""
-    from workers.abstats import variant_for
-
     name, version = split_ref(model)
     test = cached_running_test(name) if version is None else None
     if test is None:
         return None
     variant = variant_for(get_settings().audit_key_bytes(), test.name, test.split_percent, subject)
-    return test.id, variant, test.model_a if variant == "A" else test.model_b
+    return test.id, variant, test.arm_a if variant == "A" else test.arm_b
 
 
 def accept_job(

@@ -25,6 +25,7 @@ from producer.client import (
     check_text,
     database_error,
 )
+from schema.abtests import ROUTE, ROUTER, cached_running_test
 from schema.audit import input_hash
 from schema.db import get_engine
 from schema.jobs import idempotency_scope, new_job_id
@@ -47,7 +48,8 @@ def check_query(query: str) -> None:
 
 def decide_route(query: str, *, user_id: str | None = None, backend: str | None = None) -> dict[str, Any]:
     """The routing decision for `query`, at once: no job, no backend call (the seed's
-    `router.route()`). Backends cooling down after failures are passed over, as a job would."""
+    `router.route()`). Backends cooling down after failures are passed over, as a job would;
+    a running routing A/B test splits the medium queries."""
     check_query(query)
     decision = decide(
         query,
@@ -56,6 +58,7 @@ def decide_route(query: str, *, user_id: str | None = None, backend: str | None 
         user_id=user_id,
         backend=backend,
         available=cooldown.available,
+        test=cached_running_test(ROUTER, ROUTE),
     )
     return decision.as_dict()
 
@@ -95,6 +98,8 @@ def submit_route(
             idempotency_scope=scope,
             api_key_name=api_key_name,
             created_at=utcnow(),
+            ab_test_id=decision["ab_test_id"],
+            variant=decision["variant"] if decision["ab_test_id"] is not None else None,
         )
         payload = payloads.RoutePayload(
             job.id, query, decision, user_id, digest, job.created_at, image=image, api_key_name=api_key_name

@@ -1,5 +1,9 @@
-"""A/B test rows: creating and reading tests, the running test of a model name (cached for the
-producer), the samples each arm collected, and closing a test (promoting its winner).
+"""A/B test rows: creating and reading tests, the running test of a model name or of the router
+(cached for the producer), the samples each arm collected, and promoting a winner.
+
+A model test splits the jobs of one model name between two of its versions; a routing test splits
+the router's medium queries between two backends of the router config (instead of its
+`medium_remote_percent`). Both are assigned, evaluated and closed the same way.
 
 The statistics that decide when a test closes are in `workers/abstats.py`.
 """
@@ -18,11 +22,23 @@ from sqlmodel import Session, col, select
 from onnxq.errors import OnnxqError, PermanentError
 from schema.db import get_engine
 from schema.registry import resolve_model, split_ref
-from schema.tables import DeploymentStatus, Job, JobStatus, PytorchABTest, PytorchInferenceLog, PytorchModel, utcnow
+from schema.tables import (
+    DeploymentStatus,
+    Job,
+    JobStatus,
+    PytorchABTest,
+    PytorchInferenceLog,
+    PytorchModel,
+    RouteLog,
+    utcnow,
+)
 
 RUNNING = "running"
 CLOSED = "closed"
-METRICS = ("accuracy", "latency")
+MODEL = "model"
+ROUTE = "route"
+ROUTER = "router"  # what a routing test splits: the router's medium queries
+METRICS = {MODEL: ("accuracy", "latency"), ROUTE: ("latency", "cost")}
 ARMS = ("A", "B")
 
 
@@ -36,39 +52,65 @@ class ABTestConflict(PermanentError):
 
 @dataclass(frozen=True)
 class RunningTest:
-    """What the producer needs to split a model name's jobs: the test and its two versions."""
+    """What the producer needs to split a model name's jobs (or the router's medium queries):
+    the test and its two arms."""
 
     id: int
     name: str
     split_percent: int  # share of jobs sent to B
-    model_a: str  # name@version
-    model_b: str
+    arm_a: str  # name@version, or a backend name in a routing test
+    arm_b: str
 
 
 def create_test(
     session: Session,
     name: str,
     *,
-    model_a: str,
-    model_b: str,
+    model_a: str | None = None,
+    model_b: str | None = None,
+    backend_a: str | None = None,
+    backend_b: str | None = None,
     split_percent: int = 50,
-    metric: str = "accuracy",
+    metric: str | None = None,
     min_samples: int = 100,
     ends_at: datetime | None = None,
     auto_promote: bool = False,
 ) -> PytorchABTest:
-    """Start a test between two active versions of one model; `abtest_conflict` if the name is
-    taken or the model already has a running test."""
+    """Start a test between two active versions of one model (`model_a`, `model_b`), or between
+    two router backends for the medium queries (`backend_a`, `backend_b`); `abtest_conflict` if
+    the name is taken or the model (or the router) already has a running test. The metric
+    defaults to accuracy for models, latency for backends."""
     if not name.strip() or len(name) > 200 or "\x00" in name:
         raise OnnxqError("The test name must be 1–200 characters, without NUL.", code="validation_error")
-    if metric not in METRICS:
-        raise OnnxqError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}.", code="validation_error")
+    models, backends = (model_a, model_b), (backend_a, backend_b)
+    if any(models) == any(backends) or None in (models if any(models) else backends):
+        raise OnnxqError(
+            "Give either two model versions (model_a, model_b) or two router backends (backend_a, backend_b).",
+            code="validation_error",
+        )
+    kind = ROUTE if any(backends) else MODEL
+    metric = metric or METRICS[kind][0]
+    if metric not in METRICS[kind]:
+        raise OnnxqError(
+            f"A {kind} test's metric is one of {', '.join(METRICS[kind])}, not {metric!r}.", code="validation_error"
+        )
     if not 1 <= split_percent <= 99:
         raise OnnxqError("split must be a percentage of jobs for B, from 1 to 99.", code="validation_error")
     if min_samples < 2:
         raise OnnxqError("min_samples must be at least 2 per arm.", code="validation_error")
     if ends_at is not None and ends_at.tzinfo is None:
         ends_at = ends_at.replace(tzinfo=UTC)
+    common: dict[str, Any] = {
+        "test_name": name,
+        "traffic_split_percent": split_percent,
+        "metric": metric,
+        "min_samples": min_samples,
+        "ends_at": ends_at,
+    }
+    if kind == ROUTE:
+        assert backend_a is not None and backend_b is not None
+        return _create_route_test(session, backend_a, backend_b, auto_promote=auto_promote, **common)
+    assert model_a is not None and model_b is not None
     for ref in (model_a, model_b):
         if split_ref(ref)[1] is None:
             raise OnnxqError(f"{ref!r}: give both arms as NAME@VERSION.", code="validation_error")
@@ -76,38 +118,63 @@ def create_test(
     b = resolve_model(session, model_b)
     if a.model_name != b.model_name or a.id == b.id:
         raise OnnxqError("The arms must be two versions of the same model.", code="validation_error")
+    assert a.id is not None and b.id is not None
+    test = PytorchABTest(model_a_id=a.id, model_b_id=b.id, model_name=a.model_name, auto_promote=auto_promote, **common)
+    return _insert(session, test)
+
+
+def _create_route_test(
+    session: Session, backend_a: str, backend_b: str, *, auto_promote: bool, **common: Any
+) -> PytorchABTest:
+    from workers.routing.config import get_router_config  # the router config names the backends
+
+    backends = get_router_config().backends
+    for backend in (backend_a, backend_b):
+        if backend not in backends:
+            known = ", ".join(sorted(backends))
+            raise OnnxqError(
+                f"No backend named {backend!r} in the router config (backends: {known}).", code="validation_error"
+            )
+    if backend_a == backend_b:
+        raise OnnxqError("The arms must be two different backends.", code="validation_error")
+    if auto_promote:
+        raise OnnxqError(
+            "A routing test cannot promote its winner: act on its verdict in the router config.",
+            code="validation_error",
+        )
+    test = PytorchABTest(kind=ROUTE, model_name=ROUTER, backend_a=backend_a, backend_b=backend_b, **common)
+    return _insert(session, test)
+
+
+def _insert(session: Session, test: PytorchABTest) -> PytorchABTest:
+    name, subject = test.test_name, subject_of(test)
     if session.exec(select(PytorchABTest.id).where(col(PytorchABTest.test_name) == name)).first() is not None:
         raise ABTestConflict(f"An A/B test named {name!r} exists already; choose another name.")
-    running = running_row(session, a.model_name)
+    running = running_row(session, test.model_name, test.kind)
     if running is not None:
-        raise ABTestConflict(f"{a.model_name!r} is already in the running test {running.test_name!r}; close it first.")
-    assert a.id is not None and b.id is not None
-    now = utcnow()
-    test = PytorchABTest(
-        test_name=name,
-        model_a_id=a.id,
-        model_b_id=b.id,
-        traffic_split_percent=split_percent,
-        model_name=a.model_name,
-        metric=metric,
-        min_samples=min_samples,
-        ends_at=ends_at,
-        auto_promote=auto_promote,
-        created_at=now,
-        started_at=now,
-    )
+        raise ABTestConflict(f"{subject} is already in the running test {running.test_name!r}; close it first.")
+    test.created_at = test.started_at = utcnow()
     session.add(test)
     try:
         session.flush()
     except IntegrityError:
-        raise ABTestConflict(f"A test named {name!r}, or a running test of {a.model_name!r}, exists.") from None
+        raise ABTestConflict(f"A test named {name!r}, or a running test of {subject}, exists.") from None
     clear_abtest_cache()
     return test
 
 
-def running_row(session: Session, model_name: str) -> PytorchABTest | None:
+def subject_of(test: PytorchABTest) -> str:
+    """What a test splits, in words."""
+    return "the router's medium queries" if test.kind == ROUTE else repr(test.model_name)
+
+
+def running_row(session: Session, model_name: str, kind: str = MODEL) -> PytorchABTest | None:
     return session.exec(
-        select(PytorchABTest).where(col(PytorchABTest.model_name) == model_name, col(PytorchABTest.status) == RUNNING)
+        select(PytorchABTest).where(
+            col(PytorchABTest.kind) == kind,
+            col(PytorchABTest.model_name) == model_name,
+            col(PytorchABTest.status) == RUNNING,
+        )
     ).first()
 
 
@@ -129,27 +196,35 @@ def running_ids(session: Session) -> list[int]:
     return [row for row in rows if row is not None]
 
 
-# The producer looks the running test of a model name up per job: cached like the registry, so
-# a test created (or closed) elsewhere takes effect within this time.
+# The producer looks the running test of a model name (or of the router) up per job: cached
+# like the registry, so a test created (or closed) elsewhere takes effect within this time.
 ABTEST_CACHE_TTL_S = 5.0
-_cache: dict[str, tuple[float, RunningTest | None]] = {}
+_cache: dict[tuple[str, str], tuple[float, RunningTest | None]] = {}
 
 
-def cached_running_test(model_name: str) -> RunningTest | None:
-    """The running test of `model_name`, if any (cached for `ABTEST_CACHE_TTL_S`)."""
+def cached_running_test(model_name: str, kind: str = MODEL) -> RunningTest | None:
+    """The running test of `model_name` (a routing test: `kind` ROUTE), if any (cached for
+    `ABTEST_CACHE_TTL_S`)."""
     now = time.monotonic()
-    hit = _cache.get(model_name)
+    hit = _cache.get((kind, model_name))
     if hit is not None and now - hit[0] < ABTEST_CACHE_TTL_S:
         return hit[1]
     with Session(get_engine()) as session:
-        row = running_row(session, model_name)
+        row = running_row(session, model_name, kind)
         found = None
         if row is not None and row.id is not None:
-            a, b = session.get(PytorchModel, row.model_a_id), session.get(PytorchModel, row.model_b_id)
-            assert a is not None and b is not None
-            found = RunningTest(row.id, row.test_name, row.traffic_split_percent, a.ref, b.ref)
-    _cache[model_name] = (now, found)
+            a, b = arm_labels(session, row)
+            found = RunningTest(row.id, row.test_name, row.traffic_split_percent, a, b)
+    _cache[(kind, model_name)] = (now, found)
     return found
+
+
+def arm_labels(session: Session, test: PytorchABTest) -> tuple[str, str]:
+    """The arms' names: NAME@VERSION in a model test, the backends in a routing test."""
+    if test.kind == ROUTE:
+        return test.backend_a or "?", test.backend_b or "?"
+    a, b = session.get(PytorchModel, test.model_a_id), session.get(PytorchModel, test.model_b_id)
+    return (a.ref if a else "?"), (b.ref if b else "?")
 
 
 def clear_abtest_cache() -> None:
@@ -159,15 +234,22 @@ def clear_abtest_cache() -> None:
 
 @dataclass
 class ArmSample:
-    """What one arm collected: its inference times and its labelled and correct job counts."""
+    """What one arm collected: its latencies, its labelled and correct job counts, and (routing
+    tests) each request's cost."""
 
     latencies_ms: list[float]
     labelled: int = 0
     correct: int = 0
+    costs: list[float] | None = None
 
 
-def arm_samples(session: Session, test_id: int) -> dict[str, ArmSample]:
-    """Per arm: the audit rows' inference times, and the feedback labels against predictions."""
+def arm_samples(session: Session, test: PytorchABTest) -> dict[str, ArmSample]:
+    """Per arm of a model test: the audit rows' inference times, and the feedback labels against
+    predictions; of a routing test: the latency and cost of each served query."""
+    assert test.id is not None
+    if test.kind == ROUTE:
+        return _route_samples(session, test.id)
+    test_id = test.id
     samples = {arm: ArmSample([]) for arm in ARMS}
     timed = session.exec(
         select(Job.variant, PytorchInferenceLog.inference_time_ms)
@@ -191,6 +273,23 @@ def arm_samples(session: Session, test_id: int) -> dict[str, ArmSample]:
     return samples
 
 
+def _route_samples(session: Session, test_id: int) -> dict[str, ArmSample]:
+    """Each arm's served queries (counted on the arm they were assigned to, whichever backend
+    served them after a fallback); a query no backend could answer has no latency to count."""
+    samples = {arm: ArmSample([], costs=[]) for arm in ARMS}
+    rows = session.exec(
+        select(Job.variant, RouteLog.latency_ms, RouteLog.cost)
+        .join(RouteLog, col(RouteLog.job_id) == col(Job.id))
+        .where(col(Job.ab_test_id) == test_id, col(RouteLog.latency_ms).is_not(None))
+    ).all()
+    for variant, ms, cost in rows:
+        sample = samples.get(variant or "")
+        if sample is not None and ms is not None and sample.costs is not None:
+            sample.latencies_ms.append(ms)
+            sample.costs.append(cost)
+    return samples
+
+
 def promote(session: Session, model_id: int) -> PytorchModel:
     """Make `model_id` the only active version of its model name."""
     winner = session.get(PytorchModel, model_id)
@@ -207,21 +306,26 @@ def promote(session: Session, model_id: int) -> PytorchModel:
 class ArmView(BaseModel):
     """One arm of a test, as `show` prints it."""
 
-    model: str = Field(description="name@version")
+    model: str = Field(description="name@version, or the backend in a routing test")
     requests: int = 0
-    mean_ms: float | None = Field(None, description="Mean inference time (the batch's session.run)")
+    mean_ms: float | None = Field(
+        None, description="Mean inference time (the batch's session.run), or the backend's latency in a routing test"
+    )
     p95_ms: float | None = None
     labelled: int = Field(0, description="Jobs with feedback")
     correct: int = 0
     accuracy: float | None = None
+    mean_cost: float | None = Field(None, description="Mean cost per request (routing tests)")
 
 
 class ABTestView(BaseModel):
     """An A/B test as users see it (CLI `--json`, HTTP)."""
 
+    id: int = Field(description="What jobs and routing decisions name as their ab_test_id")
     name: str
-    model: str
-    model_a: str
+    kind: str = Field(description="model (two versions of a model) or route (two router backends)")
+    model: str = Field(description="What the test splits: the model name, or router")
+    model_a: str = Field(description="Arm A: name@version, or the backend in a routing test")
     model_b: str
     split_percent: int = Field(description="Share of jobs sent to B")
     metric: str
@@ -242,13 +346,15 @@ class ABTestView(BaseModel):
 
 def view(session: Session, test: PytorchABTest, figures: dict[str, dict[str, Any]], verdict: str) -> ABTestView:
     """The user-facing shape of `test`, with per-arm `figures` (stored or freshly computed)."""
-    refs = {"A": session.get(PytorchModel, test.model_a_id), "B": session.get(PytorchModel, test.model_b_id)}
-    winner = session.get(PytorchModel, test.winner_model_id) if test.winner_model_id is not None else None
+    labels = dict(zip(ARMS, arm_labels(session, test), strict=True))
+    assert test.id is not None
     return ABTestView(
+        id=test.id,
         name=test.test_name,
+        kind=test.kind,
         model=test.model_name,
-        model_a=refs["A"].ref if refs["A"] else "?",
-        model_b=refs["B"].ref if refs["B"] else "?",
+        model_a=labels["A"],
+        model_b=labels["B"],
         split_percent=test.traffic_split_percent,
         metric=test.metric,
         min_samples=test.min_samples,
@@ -260,8 +366,8 @@ def view(session: Session, test: PytorchABTest, figures: dict[str, dict[str, Any
         evaluated_at=test.evaluated_at,
         looks=test.looks,
         p_value=test.p_value,
-        winner=winner.ref if winner else None,
+        winner=labels.get(test.winner_arm or ""),
         reason=test.reason,
-        arms={arm: ArmView(model=model.ref if model else "?", **figures.get(arm, {})) for arm, model in refs.items()},
+        arms={arm: ArmView(model=label, **figures.get(arm, {})) for arm, label in labels.items()},
         verdict=verdict,
     )

@@ -198,13 +198,16 @@ class AuditChainHead(SQLModel, table=True):
 
 
 class PytorchABTest(SQLModel, table=True):
-    """An A/B test between two model versions (closed by the scheduler)."""
+    """An A/B test (closed by the scheduler): between two versions of a model (`kind` "model"),
+    or between two routing backends for the router's medium queries (`kind` "route")."""
 
     __tablename__ = "pytorch_ab_tests"
-    # One running test per model name: the jobs for a name cannot be split two ways.
+    # One running test per split subject: a model name's jobs (or the router's medium queries)
+    # cannot be split two ways.
     __table_args__ = (
         Index(
             "uq_ab_tests_running_model",
+            "kind",
             "model_name",
             unique=True,
             sqlite_where=text("status = 'running'"),
@@ -214,8 +217,9 @@ class PytorchABTest(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     test_name: str = Field(max_length=200, unique=True)
-    model_a_id: int = Field(foreign_key="pytorch_models.id")
-    model_b_id: int = Field(foreign_key="pytorch_models.id")
+    # The arms of a model test; NULL in a routing test.
+    model_a_id: int | None = Field(default=None, foreign_key="pytorch_models.id")
+    model_b_id: int | None = Field(default=None, foreign_key="pytorch_models.id")
     traffic_split_percent: int = 50
     model_a_avg_latency_ms: float | None = None
     model_b_avg_latency_ms: float | None = None
@@ -223,8 +227,13 @@ class PytorchABTest(SQLModel, table=True):
     status: str = Field(default="running", max_length=20)
     created_at: datetime = Field(default_factory=utcnow)
     # onnxq's additions. traffic_split_percent is the share of jobs sent to B.
+    kind: str = Field(default="model", max_length=10)  # model / route
+    # What the test splits: a model name, or "router" (the router's medium queries).
     model_name: str = Field(default="", max_length=200)
-    metric: str = Field(default="accuracy", max_length=20)  # accuracy / latency
+    # The arms of a routing test: backend names from the router config.
+    backend_a: str | None = Field(default=None, max_length=100)
+    backend_b: str | None = Field(default=None, max_length=100)
+    metric: str = Field(default="accuracy", max_length=20)  # accuracy / latency / cost
     min_samples: int = 100  # per arm, before the test may close early
     ends_at: datetime | None = None
     auto_promote: bool = False
@@ -233,8 +242,9 @@ class PytorchABTest(SQLModel, table=True):
     evaluated_at: datetime | None = None
     looks: int = 0  # interim looks spent (see workers/abstats.py)
     p_value: float | None = None
+    winner_arm: str | None = Field(default=None, max_length=1)  # "A" / "B"; None: no winner (yet)
     reason: str | None = Field(default=None, max_length=300)
-    # Per arm ("A", "B"): requests, mean and p95 inference ms, labelled, correct, accuracy.
+    # Per arm ("A", "B"): requests, mean and p95 latency ms, labelled, correct, accuracy, mean cost.
     figures: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
 

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from onnxq.cli import app as cli
 from onnxq.settings import get_settings
+from onnxq.split import variant_for
 from producer.client import submit_inference
 from scheduler import clock
 from schema.abtests import create_test
@@ -37,7 +38,6 @@ from workers.abstats import (
     decide,
     student_t_two_sided_p,
     two_proportion_p,
-    variant_for,
     welch_p,
 )
 from workers.abtests import evaluate_all, show_test
@@ -211,7 +211,7 @@ def test_a_clearly_better_b_closes_with_b_as_winner_and_is_promoted(migrated: st
     assert evaluate_all(utcnow()) == ["better-b"]
     # Then B won, with its figures, p-value and reason stored, and B is the only active version
     row = _row("better-b")
-    assert (row.status, row.winner_model_id) == ("closed", v2)
+    assert (row.status, row.winner_model_id, row.winner_arm) == ("closed", v2, "B")
     assert row.p_value is not None and row.p_value < LOOK_ALPHA
     assert row.figures is not None and row.figures["A"]["accuracy"] == 0.6 and row.figures["B"]["accuracy"] == 0.95
     assert row.figures["A"]["requests"] == 200 and row.model_a_avg_latency_ms is not None

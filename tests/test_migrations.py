@@ -60,3 +60,51 @@ def test_migrations_match_the_models(env: str) -> None:
         context = MigrationContext.configure(connection, opts={"compare_type": False})
         diff = compare_metadata(context, SQLModel.metadata)
     assert diff == []
+
+
+def test_0007_keeps_the_winners_of_tests_closed_before_it(env: str) -> None:
+    """Tests closed before routing A/B tests named their winner by model only: the upgrade
+    records the winning arm, and a downgrade keeps model tests and drops routing ones."""
+    from sqlalchemy import text
+
+    migrate.upgrade("0006")
+    with get_engine().begin() as connection:
+        for version in ("1", "2"):
+            connection.execute(
+                text(
+                    "INSERT INTO pytorch_models (model_name, model_version, model_type, file_path, domain, "
+                    "deployment_status, sha256, labels, config, created_at, updated_at) "
+                    "VALUES ('m', :v, 'onnx', 'f', 'd', 'active', '0', '[]', '{}', "
+                    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                ),
+                {"v": version},
+            )
+        a, b = connection.execute(text("SELECT id FROM pytorch_models ORDER BY model_version")).scalars()
+        for name, winner in (("won-by-b", b), ("won-by-a", a), ("no-winner", None)):
+            connection.execute(
+                text(
+                    "INSERT INTO pytorch_ab_tests (test_name, model_a_id, model_b_id, winner_model_id, status, "
+                    "traffic_split_percent, model_name, created_at) "
+                    "VALUES (:n, :a, :b, :w, 'closed', 50, 'm', CURRENT_TIMESTAMP)"
+                ),
+                {"n": name, "a": a, "b": b, "w": winner},
+            )
+    migrate.upgrade()
+    with get_engine().begin() as connection:
+        rows = connection.execute(text("SELECT test_name, kind, winner_arm FROM pytorch_ab_tests")).all()
+        assert sorted(map(tuple, rows)) == [
+            ("no-winner", "model", None),
+            ("won-by-a", "model", "A"),
+            ("won-by-b", "model", "B"),
+        ]
+        connection.execute(
+            text(
+                "INSERT INTO pytorch_ab_tests (test_name, kind, backend_a, backend_b, status, traffic_split_percent, "
+                "model_name, created_at) "
+                "VALUES ('route', 'route', 'x', 'y', 'running', 50, 'router', CURRENT_TIMESTAMP)"
+            )
+        )
+    migrate.downgrade("0006")
+    with get_engine().begin() as connection:
+        names = connection.execute(text("SELECT test_name FROM pytorch_ab_tests")).scalars().all()
+    assert sorted(names) == ["no-winner", "won-by-a", "won-by-b"]

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from onnxq.split import split_bucket
 from tests.conftest import REPO
 from workers.routing.config import InvalidRouterConfig, RouterConfig, TermRule, load_router_config
-from workers.routing.decide import UnknownBackend, decide, split_bucket
+from workers.routing.decide import UnknownBackend, decide
 from workers.routing.scoring import classify, fold, words
 
 KEY = b"test-router-key"
@@ -139,7 +140,7 @@ def test_decisions_follow_the_tiers(config: RouterConfig) -> None:
     with pytest.raises(UnknownBackend):
         decide("Merhaba", config, KEY, backend="nope")
     body = complex_.as_dict()
-    assert set(body) == {"backend", "tier", "reason", "variant", "classification", "estimated_cost"}
+    assert set(body) == {"backend", "tier", "reason", "variant", "ab_test_id", "classification", "estimated_cost"}
     assert set(body["classification"]) == {"score", "complexity", "word_count", "rules"}
 
 

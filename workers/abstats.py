@@ -1,9 +1,10 @@
 """The statistics of A/B tests: per-arm figures, the two tests, and when a test may close.
 
 - Accuracy (feedback labels): a two-proportion z-test with the pooled proportion.
-- Latency (audit rows' `inference_time_ms`): Welch's t-test; the two-sided p-value comes from the
-  Student t distribution through the regularized incomplete beta function (no scipy), so it is
-  exact for small samples too.
+- Latency (audit rows' `inference_time_ms`; a routing test's backend latency) and cost (routing
+  tests: each request's cost): Welch's t-test; the two-sided p-value comes from the Student t
+  distribution through the regularized incomplete beta function (no scipy), so it is exact for
+  small samples too.
 
 Repeated looks. The scheduler evaluates every few minutes, and testing each time at 5% would
 declare false winners far more often than 5% of the time. A test therefore *decides* only at a
@@ -27,28 +28,19 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from onnxq.split import Arm
 from schema.metrics import percentile_cont
-from workers.routing.decide import SPLIT_BUCKETS, split_bucket
 
-Metric = Literal["accuracy", "latency"]
-Arm = Literal["A", "B"]
-METRICS: tuple[Metric, ...] = ("accuracy", "latency")
+Metric = Literal["accuracy", "latency", "cost"]
 ALPHA = 0.05
 MAX_INTERIM_LOOKS = 8
 LOOK_ALPHA = ALPHA / (MAX_INTERIM_LOOKS + 1)
 
 
-def variant_for(key: bytes, test_name: str, split_percent: int, subject: str) -> Arm:
-    """The arm of `subject` (a user id, else the job's own id) in a test: the router's keyed
-    split bucket, so it is sticky per user and nobody can pick their arm; B takes
-    `split_percent` of the buckets."""
-    bucket = split_bucket(key, f"abtest\x1f{test_name}\x1f{subject}")
-    return "B" if bucket < split_percent * SPLIT_BUCKETS // 100 else "A"
-
-
 @dataclass(frozen=True)
 class ArmFigures:
-    """What one arm served: requests, latency (ms), and accuracy over the labelled jobs."""
+    """What one arm served: requests, latency (ms), accuracy over the labelled jobs, and (routing
+    tests) the mean cost per request."""
 
     requests: int
     mean_ms: float | None
@@ -56,6 +48,8 @@ class ArmFigures:
     variance_ms2: float | None
     labelled: int
     correct: int
+    mean_cost: float | None = None
+    variance_cost: float | None = None
 
     @property
     def accuracy(self) -> float | None:
@@ -65,23 +59,51 @@ class ArmFigures:
         """The observations `metric` is tested on."""
         return self.labelled if metric == "accuracy" else self.requests
 
+    def moments(self, metric: Metric) -> tuple[int, float | None, float | None]:
+        """(n, mean, variance) of the latency or the cost."""
+        if metric == "cost":
+            return self.requests, self.mean_cost, self.variance_cost
+        return self.requests, self.mean_ms, self.variance_ms2
+
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "accuracy": self.accuracy}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArmFigures:
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 
-def arm_figures(latencies_ms: Sequence[float], labelled: int, correct: int) -> ArmFigures:
-    """An arm's figures from its inference times and its labelled/correct counts."""
+def mean_and_variance(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """The mean and the sample variance (None below one and two values)."""
+    n = len(values)
+    if n == 0:
+        return None, None
+    mean = math.fsum(values) / n
+    return mean, (math.fsum((x - mean) ** 2 for x in values) / (n - 1) if n > 1 else None)
+
+
+def arm_figures(
+    latencies_ms: Sequence[float], labelled: int, correct: int, costs: Sequence[float] | None = None
+) -> ArmFigures:
+    """An arm's figures from its latencies, its labelled/correct counts and (routing tests) the
+    cost of each request, in the same order as the latencies."""
     n = len(latencies_ms)
     if n == 0:
         return ArmFigures(0, None, None, None, labelled, correct)
-    mean = math.fsum(latencies_ms) / n
-    variance = math.fsum((x - mean) ** 2 for x in latencies_ms) / (n - 1) if n > 1 else None
+    mean, variance = mean_and_variance(latencies_ms)
+    assert mean is not None
     p95 = percentile_cont(sorted(latencies_ms), 0.95)
-    return ArmFigures(n, round(mean, 3), round(p95, 3), variance, labelled, correct)
+    mean_cost, variance_cost = mean_and_variance(costs) if costs is not None else (None, None)
+    return ArmFigures(
+        n,
+        round(mean, 3),
+        round(p95, 3),
+        variance,
+        labelled,
+        correct,
+        None if mean_cost is None else round(mean_cost, 8),
+        variance_cost,
+    )
 
 
 def normal_two_sided_p(z: float) -> float:
@@ -99,15 +121,17 @@ def two_proportion_p(correct_a: int, n_a: int, correct_b: int, n_b: int) -> floa
     return normal_two_sided_p((correct_b / n_b - correct_a / n_a) / spread)
 
 
-def welch_p(a: ArmFigures, b: ArmFigures) -> float | None:
-    """Two-sided p-value of Welch's t-test on the arms' mean latencies; None when undefined."""
-    if a.mean_ms is None or b.mean_ms is None or a.variance_ms2 is None or b.variance_ms2 is None:
+def welch_p(a: ArmFigures, b: ArmFigures, metric: Metric = "latency") -> float | None:
+    """Two-sided p-value of Welch's t-test on the arms' mean latency (or cost); None when
+    undefined."""
+    (n_a, mean_a, var_a), (n_b, mean_b, var_b) = a.moments(metric), b.moments(metric)
+    if mean_a is None or mean_b is None or var_a is None or var_b is None:
         return None
-    va, vb = a.variance_ms2 / a.requests, b.variance_ms2 / b.requests
+    va, vb = var_a / n_a, var_b / n_b
     if va + vb == 0:
-        return 1.0 if a.mean_ms == b.mean_ms else 0.0
-    t = (b.mean_ms - a.mean_ms) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (a.requests - 1) + vb**2 / (b.requests - 1))
+        return 1.0 if mean_a == mean_b else 0.0
+    t = (mean_b - mean_a) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
     return student_t_two_sided_p(t, df)
 
 
@@ -152,18 +176,19 @@ def _beta_fraction(x: float, a: float, b: float, max_terms: int = 300, eps: floa
 def p_value(metric: Metric, a: ArmFigures, b: ArmFigures) -> float | None:
     if metric == "accuracy":
         return two_proportion_p(a.correct, a.labelled, b.correct, b.labelled)
-    return welch_p(a, b)
+    return welch_p(a, b, metric)
 
 
 def better_arm(metric: Metric, a: ArmFigures, b: ArmFigures) -> Arm | None:
-    """The arm ahead on `metric` (higher accuracy, lower mean latency), significant or not."""
+    """The arm ahead on `metric` (higher accuracy, lower mean latency or cost), significant or not."""
     if metric == "accuracy":
         if a.accuracy is None or b.accuracy is None or a.accuracy == b.accuracy:
             return None
         return "B" if b.accuracy > a.accuracy else "A"
-    if a.mean_ms is None or b.mean_ms is None or a.mean_ms == b.mean_ms:
+    mean_a, mean_b = a.moments(metric)[1], b.moments(metric)[1]
+    if mean_a is None or mean_b is None or mean_a == mean_b:
         return None
-    return "B" if b.mean_ms < a.mean_ms else "A"
+    return "B" if mean_b < mean_a else "A"
 
 
 def looks_reached(samples: int, min_samples: int) -> int:
@@ -193,7 +218,7 @@ def decide(
     ahead = better_arm(metric, a, b)
     significant = p is not None and p < LOOK_ALPHA and ahead is not None
     shown = "n/a" if p is None else f"{p:.3g}"
-    what = "more accurate" if metric == "accuracy" else "faster"
+    what = {"accuracy": "more accurate", "latency": "faster", "cost": "cheaper"}[metric]
     if final is not None:
         if significant:
             return Verdict(True, ahead, p, looks_done + 1, f"{ahead} {what} (p={shown}); closed {final}")

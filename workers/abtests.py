@@ -32,10 +32,9 @@ log = logging.getLogger(__name__)
 
 def figures_of(session: Session, test: PytorchABTest) -> dict[str, ArmFigures]:
     """Each arm's figures from its jobs so far."""
-    assert test.id is not None
     return {
-        arm: arm_figures(sample.latencies_ms, sample.labelled, sample.correct)
-        for arm, sample in arm_samples(session, test.id).items()
+        arm: arm_figures(sample.latencies_ms, sample.labelled, sample.correct, sample.costs)
+        for arm, sample in arm_samples(session, test).items()
     }
 
 
@@ -51,6 +50,8 @@ def _record(session: Session, test: PytorchABTest, figures: dict[str, ArmFigures
         test.status = CLOSED
         test.closed_at = now
         test.reason = verdict.reason
+        test.winner_arm = verdict.winner
+        # A routing test has no model arms: its winner is only the arm (the backend).
         test.winner_model_id = {"A": test.model_a_id, "B": test.model_b_id}.get(verdict.winner or "")
         if test.auto_promote and test.winner_model_id is not None:
             promoted = promote(session, test.winner_model_id)

@@ -20,13 +20,18 @@ NAME = Path(min_length=1, max_length=200, pattern=NO_NUL)
 
 
 class ABTestCreate(BaseModel):
-    """A new test: two versions of one model and how to judge them."""
+    """A new test: two versions of one model (`model_a`, `model_b`), or two router backends for
+    the medium queries (`backend_a`, `backend_b`), and how to judge them."""
 
     name: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
-    model_a: str = Field(min_length=3, max_length=260, pattern=NO_NUL, description="NAME@VERSION")
-    model_b: str = Field(min_length=3, max_length=260, pattern=NO_NUL, description="NAME@VERSION")
+    model_a: str | None = Field(None, min_length=3, max_length=260, pattern=NO_NUL, description="NAME@VERSION")
+    model_b: str | None = Field(None, min_length=3, max_length=260, pattern=NO_NUL, description="NAME@VERSION")
+    backend_a: str | None = Field(None, min_length=1, max_length=100, pattern=NO_NUL, description="A router backend")
+    backend_b: str | None = Field(None, min_length=1, max_length=100, pattern=NO_NUL, description="A router backend")
     split_percent: int = Field(50, ge=1, le=99, description="Percent of the jobs sent to B")
-    metric: Literal["accuracy", "latency"] = "accuracy"
+    metric: Literal["accuracy", "latency", "cost"] | None = Field(
+        None, description="Models: accuracy (default) or latency; backends: latency (default) or cost"
+    )
     min_samples: int = Field(100, ge=2, description="Per arm, before the test may close early")
     ends_at: datetime | None = Field(None, description="Close then, whatever the figures (UTC if no offset)")
     auto_promote: bool = False
@@ -34,7 +39,8 @@ class ABTestCreate(BaseModel):
 
 @router.post("", status_code=201, responses=responses(400, 401, 403, 404, 408, 409, 413, 422, 429, 503))
 def create_abtest(body: ABTestCreate) -> ABTestView:
-    """Start splitting the jobs of a model name between two of its versions."""
+    """Start splitting the jobs of a model name between two of its versions, or the router's
+    medium queries between two backends."""
     with session_scope() as session:
         create_test(session, body.name, **body.model_dump(exclude={"name"}))
     return show_test(body.name)

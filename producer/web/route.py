@@ -46,8 +46,11 @@ class DecisionView(BaseModel):
 
     backend: str
     tier: Literal["local", "remote"]
-    reason: Literal["simple-query", "complex-query", "medium-query-ab", "forced"]
-    variant: Literal["local", "remote"] | None = Field(description="The A/B variant of a medium query")
+    reason: Literal["simple-query", "complex-query", "medium-query-ab", "medium-query-abtest", "forced"]
+    variant: Literal["local", "remote", "A", "B"] | None = Field(
+        description="The side of a medium query: local/remote by the config's split, A/B in a routing A/B test"
+    )
+    ab_test_id: int | None = Field(None, description="The routing A/B test that chose the backend")
     classification: ClassificationView
     estimated_cost: float = Field(description="In the config's currency; token-priced APIs: an upper estimate")
 

@@ -1,28 +1,30 @@
 """From a classification to a decision: which tier and which backend, and why.
 
-Simple queries go to the local tier, complex ones to the remote tier, medium ones are split by
-`medium_remote_percent`, sticky per user: the variant comes from a keyed hash (HMAC under the
-audit key) of the user id, so a user always lands on the same side and nobody can choose theirs.
-A request may force a backend. Within a tier the first backend that is available (not cooling
-down) is chosen.
+Simple queries go to the local tier, complex ones to the remote tier. Medium ones are split,
+sticky per user (`onnxq.split`: a keyed hash of the user id, so a user always lands on the same
+side and nobody can choose theirs): by a running routing A/B test between two backends when there
+is one (`onnxq abtest create --backend-a X --backend-b Y`, evaluated and closed like any A/B
+test), else by the config's `medium_remote_percent`. A request may force a backend. Within a tier
+the first backend that is available (not cooling down) is chosen.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from onnxq.errors import PermanentError
+from onnxq.split import in_share, variant_for
+from schema.abtests import RunningTest
 from workers.routing.config import OpenAIBackend, RouterConfig
 from workers.routing.scoring import Classification, Complexity, classify
 
 Tier = Literal["local", "remote"]
-SPLIT_BUCKETS = 10_000
 TOKENS_PER_WORD = 1.4  # rough prompt-token estimate, for the estimated cost only
+log = logging.getLogger(__name__)
 
 
 class UnknownBackend(PermanentError):
@@ -31,15 +33,17 @@ class UnknownBackend(PermanentError):
 
 @dataclass(frozen=True)
 class Decision:
-    """Where a query goes: the backend, its tier, the reason, the A/B variant for medium
-    queries, the classification behind it and what it should cost."""
+    """Where a query goes: the backend, its tier, the reason, the classification behind it and
+    what it should cost; for medium queries the side of the split (`local`/`remote` by the
+    config, `A`/`B` in a routing A/B test, whose id is then `ab_test_id`)."""
 
     backend: str
     tier: Tier
     reason: str
     classification: Classification
     estimated_cost: float
-    variant: Tier | None = None
+    variant: str | None = None
+    ab_test_id: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -47,21 +51,15 @@ class Decision:
             "tier": self.tier,
             "reason": self.reason,
             "variant": self.variant,
+            "ab_test_id": self.ab_test_id,
             "classification": self.classification.as_dict(),
             "estimated_cost": self.estimated_cost,
         }
 
 
-def split_bucket(key: bytes, subject: str) -> int:
-    """A stable bucket in [0, SPLIT_BUCKETS) for `subject` (a user id), keyed so it cannot be
-    predicted or chosen without the key."""
-    digest = hmac.new(key, b"router-split\x1f" + subject.encode(), hashlib.sha256).digest()
-    return int.from_bytes(digest[:8], "big") % SPLIT_BUCKETS
-
-
 def medium_variant(config: RouterConfig, key: bytes, subject: str) -> Tier:
-    share = config.routing.medium_remote_percent / 100
-    return "remote" if split_bucket(key, subject) < share * SPLIT_BUCKETS else "local"
+    """The configured split: `medium_remote_percent` of users go remote."""
+    return "remote" if in_share(key, subject, config.routing.medium_remote_percent) else "local"
 
 
 def tier_of(config: RouterConfig, backend: str) -> Tier:
@@ -87,10 +85,12 @@ def decide(
     user_id: str | None = None,
     backend: str | None = None,
     available: Callable[[str], bool] = lambda _name: True,
+    test: RunningTest | None = None,
 ) -> Decision:
     """The decision for `query`. `user_id` makes the medium split sticky (without one, the same
     query always lands on the same side); `backend` forces one; `available` says which backends
-    may be chosen now (those cooling down may not)."""
+    may be chosen now (those cooling down may not); `test` is the running routing A/B test,
+    which splits medium queries between its two backends."""
     classification = classify(query, config.scoring)
     words = classification.word_count
     if backend is not None:
@@ -106,6 +106,15 @@ def decide(
         tier, reason = "remote", "complex-query"
     else:
         subject = user_id if user_id is not None else "query\x1f" + query
+        if test is not None and {test.arm_a, test.arm_b} <= config.backends.keys():
+            # The arm's backend is decided even while it cools down: a test counts each query
+            # on the arm it was assigned to (execution falls back as for any decided backend).
+            arm = variant_for(key, test.name, test.split_percent, subject)
+            chosen = test.arm_a if arm == "A" else test.arm_b
+            cost = estimated_cost(config, chosen, words)
+            return Decision(chosen, tier_of(config, chosen), "medium-query-abtest", classification, cost, arm, test.id)
+        if test is not None:
+            log.warning("A/B test %s names a backend the router config lacks; using the configured split", test.name)
         variant = tier = medium_variant(config, key, subject)
         reason = "medium-query-ab"
     candidates: list[str] = getattr(config.routing, tier)
