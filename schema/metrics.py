@@ -22,7 +22,7 @@ from itertools import groupby
 from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import Float, SQLColumnExpression, and_, case, cast, extract, func, literal_column
+from sqlalchemy import Float, SQLColumnExpression, and_, case, cast, extract, func, literal_column, text
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlmodel import Session, col, select
@@ -148,11 +148,28 @@ def compute_day(session: Session, day: date) -> tuple[int, int]:
             "been purged, so its stored metrics are kept as they are.",
             code="metrics_day_purged",
         )
+    _one_at_a_time(session, day)
     models = _model_rows(session, day)
     backends = _route_rows(session, day)
     _upsert(session, PytorchModelMetrics, "model_id", day, models, now)
     _upsert(session, RouteMetrics, "backend", day, backends, now)
     return len(models), len(backends)
+
+
+# pg_advisory_xact_lock keys: this base plus the day's ordinal (a range no other lock of onnxq uses).
+DAY_LOCK_BASE = 0x6F6E7871_00000000
+
+
+def _one_at_a_time(session: Session, day: date) -> None:
+    """Let one computation of `day` run at a time (the nightly one and a hand-run one, or a
+    redelivered message): two at once would both insert the day's rows, and one would fail on
+    the unique key. The lock lasts until the caller's transaction ends."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DAY_LOCK_BASE + day.toordinal()})
+    else:
+        # SQLite: a write as the transaction's first statement takes the database's write lock
+        # now, so a second computation waits for the first to commit and then reads its rows.
+        session.execute(text("UPDATE pytorch_model_metrics SET id = id WHERE 1 = 0"))
 
 
 def _model_rows(session: Session, day: date) -> dict[Any, dict[str, Any]]:

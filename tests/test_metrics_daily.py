@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -217,6 +218,32 @@ def test_a_rerun_changes_only_computed_at_and_an_empty_day_keeps_no_rows(migrate
         k: {**v, **unchanged} for k, v in first_routes.items()
     }
     assert _model_rows(empty_day) == [] and _route_rows(empty_day) == {}
+
+
+def test_two_computations_of_a_day_at_once_take_turns(migrated: str) -> None:
+    # Given the nightly computation of a day, its transaction still open
+    _synthetic_day(yesterday())
+    outcome: dict[str, object] = {}
+
+    def by_hand() -> None:
+        try:
+            with session_scope() as session:
+                outcome["rows"] = compute_day(session, yesterday())
+        except Exception as exc:  # reported below
+            outcome["error"] = exc
+
+    with session_scope() as session:
+        assert compute_day(session, yesterday()) == (1, 3)
+        # When a second computation of the same day starts (by hand, or a redelivered message)
+        second = threading.Thread(target=by_hand)
+        second.start()
+        second.join(0.5)
+        # Then it waits for the first to commit ...
+        assert second.is_alive() and not outcome
+    second.join(30)
+    # ... and then updates the first's rows instead of failing on the day's unique key
+    assert outcome == {"rows": (1, 3)}
+    assert len(_model_rows(yesterday())) == 1 and len(_route_rows(yesterday())) == 3
 
 
 def test_a_day_the_purge_may_have_reached_is_refused_and_kept(migrated: str) -> None:

@@ -261,3 +261,18 @@ def test_the_purge_keeps_only_recent_scheduler_claims_and_the_latest_of_each_tas
     with Session(get_engine()) as session:
         left = sorted((c.task, c.period) for c in session.exec(select(SchedulerClaim)).all())
     assert left == [("nightly", "2020-01-02"), ("sweep", "new")]
+
+
+def test_the_purge_deletes_route_logs_a_batch_at_a_time(migrated: str, monkeypatch: Any) -> None:
+    import workers.sweep
+
+    monkeypatch.setattr(workers.sweep, "PURGE_BATCH_ROWS", 2)
+    mark = utcnow()
+    with session_scope() as session:
+        for i in range(5):
+            session.add(_route_log(f"r-old-{i}", mark - timedelta(seconds=i + 1)))
+        session.add(_route_log("r-new", mark + timedelta(seconds=1)))
+    counts = purge_expired(mark + timedelta(days=get_settings().job_retention_days))
+    assert counts.route_logs == 5
+    with Session(get_engine()) as session:
+        assert session.exec(select(RouteLog.job_id)).all() == ["r-new"]

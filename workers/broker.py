@@ -46,6 +46,11 @@ def build_broker() -> RedisBroker:
         namespace=f"{settings.redis_namespace}-dramatiq",
         heartbeat_timeout=settings.redis_heartbeat_timeout_ms,
         maintenance_chance=settings.redis_maintenance_chance,
+        # Bounded, like onnxq's own Redis client: a Redis that stops answering makes a send fail
+        # (retried by the caller) instead of hanging it; the scheduler sends while it holds its
+        # claim's transaction open. Dramatiq polls with short commands, never a blocking read.
+        socket_timeout=30,
+        socket_connect_timeout=10,
     )
     if settings.worker_metrics_port:
         # Before ModelsMiddleware: its boot hook points prometheus-client at the shared directory

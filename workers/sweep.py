@@ -161,8 +161,8 @@ def purge_expired(now: datetime) -> PurgeCounts:
     settings = get_settings()
     job_cutoff = now - timedelta(days=settings.job_retention_days)
     jobs = _purge_jobs(job_cutoff)
+    route_logs = _purge_route_logs(job_cutoff)
     with session_scope() as session:
-        route_logs = session.execute(delete(RouteLog).where(col(RouteLog.created_at) < job_cutoff)).rowcount  # type: ignore[attr-defined]
         # The scheduler's claims (one per sweep period, ~290 a day) need keeping only as long as
         # a catch-up could reach back; the latest claim per task survives whatever its age.
         latest = select(func.max(col(SchedulerClaim.id))).group_by(col(SchedulerClaim.task))
@@ -172,7 +172,7 @@ def purge_expired(now: datetime) -> PurgeCounts:
             .where(col(SchedulerClaim.id).not_in(latest))
         )
     audit_rows = _purge_audit(settings.audit_key_bytes(), now - timedelta(days=settings.audit_retention_days))
-    counts = PurgeCounts(jobs, int(route_logs), audit_rows)
+    counts = PurgeCounts(jobs, route_logs, audit_rows)
     log.info("purge: %s", counts)
     return counts
 
@@ -195,6 +195,22 @@ def _purge_jobs(cutoff: datetime) -> int:
             if ids:
                 session.execute(delete(Job).where(col(Job.id).in_(ids)))
         payloads.delete(*ids)
+        purged += len(ids)
+        if len(ids) < PURGE_BATCH_ROWS:
+            return purged
+
+
+def _purge_route_logs(cutoff: datetime) -> int:
+    """Delete route logs written before `cutoff`, a batch per transaction (a long delete would
+    hold SQLite's write lock against the workers)."""
+    purged = 0
+    while True:
+        with session_scope() as session:
+            ids = list(
+                session.exec(select(RouteLog.id).where(col(RouteLog.created_at) < cutoff).limit(PURGE_BATCH_ROWS)).all()
+            )
+            if ids:
+                session.execute(delete(RouteLog).where(col(RouteLog.id).in_(ids)))
         purged += len(ids)
         if len(ids) < PURGE_BATCH_ROWS:
             return purged
