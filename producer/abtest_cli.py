@@ -104,7 +104,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
 
 def print_test(test: ABTestView) -> None:
     """A test's per-arm figures side by side, then its one-line verdict."""
-    table = Table("", f"A: {test.model_a}", f"B: {test.model_b}", title=f"A/B test {test.name} ({test.metric})")
+    table = Table("", "A", "B", title=f"A/B test {test.name} ({test.metric})")
     a, b = test.arms["A"], test.arms["B"]
 
     def ms(value: float | None) -> str:
@@ -126,6 +126,8 @@ def print_test(test: ABTestView) -> None:
     else:
         table.add_row("labelled", str(a.labelled), str(b.labelled))
         table.add_row("accuracy", share(a.accuracy), share(b.accuracy))
+    # The arms on lines of their own: a table column would cut a long NAME@VERSION short.
+    out.print(f"A: {test.model_a}\nB: {test.model_b}", markup=False, highlight=False)
     out.print(table)
     out.print(test.verdict, markup=False)
 

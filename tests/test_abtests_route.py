@@ -166,7 +166,8 @@ def test_routing_tests_from_the_cli_and_over_http(router: FakeLLM, client: TestC
     assert "75% of medium routing jobs to chest-xray, 25% to llm" in created.output
     shown = runner.invoke(cli, ["abtest", "show", "cli-route"])
     assert shown.exit_code == 0, shown.output
-    assert "A: chest-xray" in shown.output and "mean cost" in shown.output and "accuracy" not in shown.output
+    assert "A: chest-xray\nB: llm" in shown.output
+    assert "mean cost" in shown.output and "accuracy" not in shown.output
     assert json.loads(runner.invoke(cli, ["abtest", "show", "cli-route", "--json"]).output)["metric"] == "latency"
     closed = runner.invoke(cli, ["abtest", "close", "cli-route"])
     assert closed.exit_code == 0 and "closed: no significant difference" in closed.output

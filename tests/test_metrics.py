@@ -180,3 +180,46 @@ def test_a_worker_process_serves_batch_and_inference_metrics(
     # and Dramatiq's own message counters, from the same multiprocess directory under the data dir
     assert value(exposed, "dramatiq_messages_total", queue_name="inference", actor_name="run_inference") == JOBS
     assert list((get_settings().data_dir / "worker-metrics").glob("*.db"))
+
+
+def test_batch_threads_recording_their_first_batches_at_once_create_the_metrics_once() -> None:
+    """Two models' batch threads start together: the worker's metrics are created (and
+    registered) once, not once per thread with the second registration failing."""
+    import sys
+    import threading
+
+    from prometheus_client import REGISTRY
+
+    import workers.metrics as worker_metrics
+
+    def forget() -> None:
+        if worker_metrics._create_metrics.cache_info().currsize:
+            for metric in vars(worker_metrics._create_metrics()).values():
+                REGISTRY.unregister(metric)
+        worker_metrics._create_metrics.cache_clear()
+
+    interval = sys.getswitchinterval()
+    errors: list[BaseException] = []
+    try:
+        for _ in range(20):
+            forget()
+            start = threading.Barrier(8)
+
+            def record(barrier: threading.Barrier = start) -> None:
+                barrier.wait()
+                try:
+                    worker_metrics.observe_batch("m", 0.001, [])
+                except BaseException as exc:  # reported below
+                    errors.append(exc)
+
+            sys.setswitchinterval(1e-6)  # switch threads as often as possible
+            threads = [threading.Thread(target=record) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+            sys.setswitchinterval(interval)
+    finally:
+        sys.setswitchinterval(interval)
+        forget()
+    assert errors == []

@@ -15,6 +15,7 @@ import time.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -67,8 +68,18 @@ class _Metrics:
     jobs_finished: Counter
 
 
-@lru_cache(maxsize=1)
+# Two models' batch threads may record their first batches at once: without the lock both would
+# create (and register) the metrics, and the second registration fails.
+_metrics_lock = threading.Lock()
+
+
 def _metrics() -> _Metrics:
+    with _metrics_lock:
+        return _create_metrics()
+
+
+@lru_cache(maxsize=1)
+def _create_metrics() -> _Metrics:
     # Imported on first use, not at module import: see the module docstring.
     from prometheus_client import Counter, Histogram
 
