@@ -116,13 +116,16 @@ def print_test(test: ABTestView) -> None:
     def cost(value: float | None) -> str:
         return "-" if value is None else f"{value:.6f}"
 
-    timed = "backend latency" if test.kind == "route" else "inference"
+    # A routing job's time is its whole execution: every backend it tried.
+    timed = "execution" if test.kind == "route" else "inference"
     table.add_row("traffic", f"{100 - test.split_percent}%", f"{test.split_percent}%")
     table.add_row("requests", str(a.requests), str(b.requests))
     table.add_row(f"mean {timed} ms", ms(a.mean_ms), ms(b.mean_ms))
     table.add_row(f"p95 {timed} ms", ms(a.p95_ms), ms(b.p95_ms))
     if test.kind == "route":
         table.add_row("mean cost", cost(a.mean_cost), cost(b.mean_cost))
+        table.add_row("fallbacks", str(a.fallbacks), str(b.fallbacks))
+        table.add_row("failed", str(a.failed), str(b.failed))
     else:
         table.add_row("labelled", str(a.labelled), str(b.labelled))
         table.add_row("accuracy", share(a.accuracy), share(b.accuracy))

@@ -7,11 +7,12 @@ decision = decide_route("Merhaba")
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
 from sqlalchemy.exc import OperationalError, ProgrammingError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from onnxq import payloads
 from onnxq.errors import IdempotencyConflict, OnnxqError, RetryableError
@@ -29,10 +30,12 @@ from schema.abtests import ROUTE, ROUTER, cached_running_test
 from schema.audit import input_hash
 from schema.db import get_engine
 from schema.jobs import idempotency_scope, new_job_id
-from schema.tables import Job, utcnow
+from schema.tables import Job, RouteLog, utcnow
 from workers.routing import cooldown
 from workers.routing.config import get_router_config
-from workers.routing.decide import decide
+from workers.routing.decide import decide, estimated_cost, tier_of
+
+log = logging.getLogger(__name__)
 
 
 def check_query(query: str) -> None:
@@ -51,6 +54,13 @@ def decide_route(query: str, *, user_id: str | None = None, backend: str | None 
     `router.route()`). Backends cooling down after failures are passed over, as a job would;
     a running routing A/B test splits the medium queries."""
     check_query(query)
+    try:
+        test = cached_running_test(ROUTER, ROUTE)
+    except (OperationalError, ProgrammingError) as exc:
+        # Without the database no routing job can be recorded, but a decision can still be
+        # given: by the configured split.
+        log.warning("routing A/B tests unknown (database: %s); using the configured split", type(exc).__name__)
+        test = None
     decision = decide(
         query,
         get_router_config(),
@@ -58,7 +68,7 @@ def decide_route(query: str, *, user_id: str | None = None, backend: str | None 
         user_id=user_id,
         backend=backend,
         available=cooldown.available,
-        test=cached_running_test(ROUTER, ROUTE),
+        test=test,
     )
     return decision.as_dict()
 
@@ -113,7 +123,7 @@ def submit_route(
         )
         if outcome.reused:
             # The job an idempotency key names was decided when it was submitted.
-            decision = _stored_decision(outcome.job_id) or decision
+            decision = _stored_decision(outcome.job_id, decision)
     except redis.RedisError as exc:
         raise RetryableError("The queue (Redis) is unavailable; try again shortly.") from exc
     except (OperationalError, ProgrammingError) as exc:
@@ -121,14 +131,35 @@ def submit_route(
     return outcome, decision
 
 
-def _stored_decision(job_id: str) -> dict[str, Any] | None:
+def _stored_decision(job_id: str, fresh: dict[str, Any]) -> dict[str, Any]:
+    """The decision the job was submitted with: from its payload, its result, or (a job that
+    failed) its route log, the classification recomputed; `fresh` only for a job that has none
+    of them left (its input expired before it ran)."""
     payload = payloads.fetch_route(job_id)
     if payload is not None:
         return payload.decision
     with Session(get_engine()) as session:
         job = session.get(Job, job_id)
+        logged = session.exec(select(RouteLog).where(col(RouteLog.job_id) == job_id)).first()
     stored = (job.result or {}).get("decision") if job is not None else None
-    return stored if isinstance(stored, dict) else None
+    if isinstance(stored, dict):
+        return stored
+    if job is None or logged is None:
+        return fresh
+    config = get_router_config()
+    backend = logged.decided_backend
+    known = backend in config.backends
+    return {
+        **fresh,
+        "backend": backend,
+        "tier": tier_of(config, backend) if known else fresh["tier"],
+        "reason": logged.reason,
+        "variant": logged.variant,
+        "ab_test_id": job.ab_test_id,
+        "estimated_cost": estimated_cost(config, backend, fresh["classification"]["word_count"])
+        if known
+        else fresh["estimated_cost"],
+    }
 
 
 def _reuse(existing: Job, digest: str) -> SubmitOutcome:

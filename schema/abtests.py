@@ -128,12 +128,15 @@ def _create_route_test(
 ) -> PytorchABTest:
     from workers.routing.config import get_router_config  # the router config names the backends
 
-    backends = get_router_config().backends
+    config = get_router_config()
+    # A backend must be in a tier: its tier decides its fallbacks and how reports count it.
+    in_tiers = [*config.routing.local, *config.routing.remote]
     for backend in (backend_a, backend_b):
-        if backend not in backends:
-            known = ", ".join(sorted(backends))
+        if backend not in in_tiers:
+            known = ", ".join(in_tiers)
             raise OnnxqError(
-                f"No backend named {backend!r} in the router config (backends: {known}).", code="validation_error"
+                f"No backend named {backend!r} in the router config's tiers (routing.local, routing.remote: {known}).",
+                code="validation_error",
             )
     if backend_a == backend_b:
         raise OnnxqError("The arms must be two different backends.", code="validation_error")
@@ -241,6 +244,8 @@ class ArmSample:
     labelled: int = 0
     correct: int = 0
     costs: list[float] | None = None
+    fallbacks: int = 0
+    failed: int = 0
 
 
 def arm_samples(session: Session, test: PytorchABTest) -> dict[str, ArmSample]:
@@ -274,19 +279,24 @@ def arm_samples(session: Session, test: PytorchABTest) -> dict[str, ArmSample]:
 
 
 def _route_samples(session: Session, test_id: int) -> dict[str, ArmSample]:
-    """Each arm's served queries (counted on the arm they were assigned to, whichever backend
-    served them after a fallback); a query no backend could answer has no latency to count."""
+    """Each arm's ended queries, counted on the arm they were assigned to whatever happened next:
+    the whole execution's time (a fallback's and a failure's wasted attempts included) and what
+    was paid; how many fell back, and how many no backend could answer (they cost nothing, and
+    count with the time they took to fail)."""
     samples = {arm: ArmSample([], costs=[]) for arm in ARMS}
     rows = session.exec(
-        select(Job.variant, RouteLog.latency_ms, RouteLog.cost)
+        select(Job.variant, RouteLog)
         .join(RouteLog, col(RouteLog.job_id) == col(Job.id))
-        .where(col(Job.ab_test_id) == test_id, col(RouteLog.latency_ms).is_not(None))
+        .where(col(Job.ab_test_id) == test_id, col(RouteLog.total_ms).is_not(None))
     ).all()
-    for variant, ms, cost in rows:
+    for variant, logged in rows:
         sample = samples.get(variant or "")
-        if sample is not None and ms is not None and sample.costs is not None:
-            sample.latencies_ms.append(ms)
-            sample.costs.append(cost)
+        if sample is None or logged.total_ms is None or sample.costs is None:
+            continue
+        sample.latencies_ms.append(logged.total_ms)
+        sample.costs.append(logged.cost)
+        sample.fallbacks += int(logged.fallback_used and logged.served_by is not None)
+        sample.failed += int(logged.served_by is None)
     return samples
 
 
@@ -309,13 +319,16 @@ class ArmView(BaseModel):
     model: str = Field(description="name@version, or the backend in a routing test")
     requests: int = 0
     mean_ms: float | None = Field(
-        None, description="Mean inference time (the batch's session.run), or the backend's latency in a routing test"
+        None,
+        description="Mean inference time (the batch's session.run); in a routing test, the whole execution's",
     )
     p95_ms: float | None = None
     labelled: int = Field(0, description="Jobs with feedback")
     correct: int = 0
     accuracy: float | None = None
     mean_cost: float | None = Field(None, description="Mean cost per request (routing tests)")
+    fallbacks: int = Field(0, description="Routing tests: queries another backend answered")
+    failed: int = Field(0, description="Routing tests: queries no backend could answer")
 
 
 class ABTestView(BaseModel):
@@ -326,7 +339,7 @@ class ABTestView(BaseModel):
     kind: str = Field(description="model (two versions of a model) or route (two router backends)")
     model: str = Field(description="What the test splits: the model name, or router")
     model_a: str = Field(description="Arm A: name@version, or the backend in a routing test")
-    model_b: str
+    model_b: str = Field(description="Arm B: name@version, or the backend in a routing test")
     split_percent: int = Field(description="Share of jobs sent to B")
     metric: str
     min_samples: int
@@ -338,7 +351,7 @@ class ABTestView(BaseModel):
     evaluated_at: datetime | None
     looks: int
     p_value: float | None
-    winner: str | None = Field(description="The winning arm's name@version, when there is one")
+    winner: str | None = Field(description="The winning arm's name@version (or backend), when there is one")
     reason: str | None
     arms: dict[str, ArmView]
     verdict: str = Field(description="One line: where the test stands")

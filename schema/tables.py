@@ -148,6 +148,9 @@ class RouteLog(SQLModel, table=True):
     # What the same query would have cost on the remote tier: the baseline of the savings report.
     all_remote_cost: float = 0.0
     latency_ms: float | None = None
+    # The whole execution, every backend tried (fallbacks and failures included): what the
+    # user waited for; routing A/B tests compare it.
+    total_ms: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 

@@ -141,6 +141,34 @@ def test_a_cheaper_backend_wins_a_cost_test_end_to_end(router: FakeLLM, worker: 
     assert decide_route(MEDIUM, user_id=users[0])["reason"] == "medium-query-ab"
 
 
+def test_fallbacks_and_failures_count_on_the_assigned_arm(router: FakeLLM, worker: object) -> None:
+    # Given a routing test between the local model (A) and the remote API (B)
+    _create("honest", backend_a="chest-xray", backend_b="llm", metric="latency")
+    user_a, user_b = _users("honest", 50, "A", 1)[0], _users("honest", 50, "B", 1)[0]
+    # When A's user sends no image (the local model cannot answer: the API does), and the API
+    # fails for B's user, who sent no image either (nobody can answer)
+    router.script(FakeLLM.ok("from the API"), FakeLLM.status(500), FakeLLM.status(500))
+    fell_back, _ = submit_route(MEDIUM, user_id=user_a)
+    wait_all([fell_back.job_id])
+    failed, decided = submit_route(MEDIUM, user_id=user_b, idempotency_key="k-honest")
+    views = wait_all([fell_back.job_id, failed.job_id])
+    assert views[fell_back.job_id]["result"]["served_by"] == "llm"
+    assert views[failed.job_id]["status"] == "failed"
+    # Then each counts on its own arm, with what it cost and the time it took, failure included
+    shown = show_test("honest").arms
+    assert (shown["A"].requests, shown["A"].fallbacks, shown["A"].failed, shown["A"].mean_cost) == (1, 1, 0, 0.02)
+    assert (shown["B"].requests, shown["B"].fallbacks, shown["B"].failed, shown["B"].mean_cost) == (1, 0, 1, 0.0)
+    assert shown["B"].mean_ms is not None and shown["B"].mean_ms > 0
+    # And the failed job, asked for again by its idempotency key once the test is closed and its
+    # input is gone, still answers with the decision it was made with
+    runner.invoke(cli, ["abtest", "close", "honest"])
+    clear_abtest_cache()
+    _, again = submit_route(MEDIUM, user_id=user_b, idempotency_key="k-honest")
+    kept = ("backend", "tier", "reason", "variant", "ab_test_id")
+    assert {k: again[k] for k in kept} == {k: decided[k] for k in kept}
+    assert (again["reason"], again["variant"]) == ("medium-query-abtest", "B")
+
+
 def test_a_latency_test_short_of_samples_waits_and_closes_at_its_end_without_a_winner(
     router: FakeLLM, worker: object
 ) -> None:

@@ -89,8 +89,18 @@ def test_0007_keeps_the_winners_of_tests_closed_before_it(env: str) -> None:
                 ),
                 {"n": name, "a": a, "b": b, "w": winner},
             )
+        # A job of one of them: SQLite's copy-and-drop of the table must not trip on its key
+        test_id = connection.execute(text("SELECT id FROM pytorch_ab_tests WHERE test_name = 'won-by-b'")).scalar()
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, kind, status, model_id, input_hash, created_at, attempts, ab_test_id, variant) "
+                "VALUES ('j1', 'inference', 'succeeded', :m, '0', CURRENT_TIMESTAMP, 1, :t, 'B')"
+            ),
+            {"m": b, "t": test_id},
+        )
     migrate.upgrade()
     with get_engine().begin() as connection:
+        assert connection.execute(text("SELECT ab_test_id FROM jobs WHERE id = 'j1'")).scalar() == test_id
         rows = connection.execute(text("SELECT test_name, kind, winner_arm FROM pytorch_ab_tests")).all()
         assert sorted(map(tuple, rows)) == [
             ("no-winner", "model", None),
@@ -107,4 +117,5 @@ def test_0007_keeps_the_winners_of_tests_closed_before_it(env: str) -> None:
     migrate.downgrade("0006")
     with get_engine().begin() as connection:
         names = connection.execute(text("SELECT test_name FROM pytorch_ab_tests")).scalars().all()
+        assert connection.execute(text("SELECT ab_test_id FROM jobs WHERE id = 'j1'")).scalar() == test_id
     assert sorted(names) == ["no-winner", "won-by-a", "won-by-b"]

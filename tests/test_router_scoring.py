@@ -191,3 +191,14 @@ def test_tiers_must_name_configured_backends(tmp_path: Path) -> None:
     with pytest.raises(InvalidRouterConfig) as caught:
         load_router_config(path)
     assert "gpt-9" in caught.value.message
+
+
+def test_backend_names_fit_the_columns_that_store_them(tmp_path: Path) -> None:
+    long = "b" * 101
+    text = (REPO / "router.toml").read_text().replace("[backends.llm]", f"[backends.{long}]")
+    text = text.replace('remote = ["llm"]', f'remote = ["{long}"]')
+    path = tmp_path / "router.toml"
+    path.write_text(text)
+    with pytest.raises(InvalidRouterConfig) as caught:
+        load_router_config(path)
+    assert "1–100 characters" in caught.value.message

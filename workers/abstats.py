@@ -50,6 +50,8 @@ class ArmFigures:
     correct: int
     mean_cost: float | None = None
     variance_cost: float | None = None
+    fallbacks: int = 0
+    failed: int = 0
 
     @property
     def accuracy(self) -> float | None:
@@ -66,11 +68,13 @@ class ArmFigures:
         return self.requests, self.mean_ms, self.variance_ms2
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "accuracy": self.accuracy}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ArmFigures:
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+        """The figures as stored and shown: the tests run on the unrounded ones."""
+        rounded = {
+            "mean_ms": _round(self.mean_ms, 3),
+            "p95_ms": _round(self.p95_ms, 3),
+            "mean_cost": _round(self.mean_cost, 8),
+        }
+        return {**asdict(self), **rounded, "accuracy": self.accuracy}
 
 
 def mean_and_variance(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -82,28 +86,28 @@ def mean_and_variance(values: Sequence[float]) -> tuple[float | None, float | No
     return mean, (math.fsum((x - mean) ** 2 for x in values) / (n - 1) if n > 1 else None)
 
 
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def arm_figures(
-    latencies_ms: Sequence[float], labelled: int, correct: int, costs: Sequence[float] | None = None
+    latencies_ms: Sequence[float],
+    labelled: int,
+    correct: int,
+    costs: Sequence[float] | None = None,
+    *,
+    fallbacks: int = 0,
+    failed: int = 0,
 ) -> ArmFigures:
     """An arm's figures from its latencies, its labelled/correct counts and (routing tests) the
-    cost of each request, in the same order as the latencies."""
+    cost of each request, in the same order as the latencies, and its fallback/failure counts."""
     n = len(latencies_ms)
     if n == 0:
-        return ArmFigures(0, None, None, None, labelled, correct)
+        return ArmFigures(0, None, None, None, labelled, correct, fallbacks=fallbacks, failed=failed)
     mean, variance = mean_and_variance(latencies_ms)
-    assert mean is not None
     p95 = percentile_cont(sorted(latencies_ms), 0.95)
     mean_cost, variance_cost = mean_and_variance(costs) if costs is not None else (None, None)
-    return ArmFigures(
-        n,
-        round(mean, 3),
-        round(p95, 3),
-        variance,
-        labelled,
-        correct,
-        None if mean_cost is None else round(mean_cost, 8),
-        variance_cost,
-    )
+    return ArmFigures(n, mean, p95, variance, labelled, correct, mean_cost, variance_cost, fallbacks, failed)
 
 
 def normal_two_sided_p(z: float) -> float:

@@ -33,7 +33,14 @@ log = logging.getLogger(__name__)
 def figures_of(session: Session, test: PytorchABTest) -> dict[str, ArmFigures]:
     """Each arm's figures from its jobs so far."""
     return {
-        arm: arm_figures(sample.latencies_ms, sample.labelled, sample.correct, sample.costs)
+        arm: arm_figures(
+            sample.latencies_ms,
+            sample.labelled,
+            sample.correct,
+            sample.costs,
+            fallbacks=sample.fallbacks,
+            failed=sample.failed,
+        )
         for arm, sample in arm_samples(session, test).items()
     }
 
@@ -41,8 +48,8 @@ def figures_of(session: Session, test: PytorchABTest) -> dict[str, ArmFigures]:
 def _record(session: Session, test: PytorchABTest, figures: dict[str, ArmFigures], verdict: Verdict) -> None:
     now = utcnow()
     test.figures = {arm: fig.as_dict() for arm, fig in figures.items()}
-    test.model_a_avg_latency_ms = figures["A"].mean_ms
-    test.model_b_avg_latency_ms = figures["B"].mean_ms
+    test.model_a_avg_latency_ms = test.figures["A"]["mean_ms"]
+    test.model_b_avg_latency_ms = test.figures["B"]["mean_ms"]
     test.p_value = verdict.p_value
     test.looks = verdict.looks
     test.evaluated_at = now

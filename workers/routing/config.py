@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from onnxq.errors import PermanentError
 from onnxq.settings import get_settings
 
+BACKEND_NAME_MAX = 100  # route logs and A/B tests store backend names in columns this wide
+
 
 class InvalidRouterConfig(PermanentError):
     code = "invalid_router_config"
@@ -100,6 +102,9 @@ class RouterConfig(Strict):
 
     @model_validator(mode="after")
     def _backends_exist(self) -> RouterConfig:
+        for name in self.backends:
+            if not 1 <= len(name) <= BACKEND_NAME_MAX:
+                raise ValueError(f"backends: a name must be 1–{BACKEND_NAME_MAX} characters, not {name!r}")
         for tier in ("local", "remote"):
             for name in getattr(self.routing, tier):
                 if name not in self.backends:

@@ -25,6 +25,7 @@ from workers.routing.scoring import Classification, Complexity, classify
 Tier = Literal["local", "remote"]
 TOKENS_PER_WORD = 1.4  # rough prompt-token estimate, for the estimated cost only
 log = logging.getLogger(__name__)
+_warned: set[int] = set()  # tests whose missing backend was logged (once per process)
 
 
 class UnknownBackend(PermanentError):
@@ -113,7 +114,8 @@ def decide(
             chosen = test.arm_a if arm == "A" else test.arm_b
             cost = estimated_cost(config, chosen, words)
             return Decision(chosen, tier_of(config, chosen), "medium-query-abtest", classification, cost, arm, test.id)
-        if test is not None:
+        if test is not None and test.id not in _warned:
+            _warned.add(test.id)
             log.warning("A/B test %s names a backend the router config lacks; using the configured split", test.name)
         variant = tier = medium_variant(config, key, subject)
         reason = "medium-query-ab"

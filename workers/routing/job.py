@@ -4,6 +4,7 @@ with fallback, then write the job's result and its route log in one transaction.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from onnxq.errors import OnnxqError
@@ -39,11 +40,13 @@ def run_routing_job(payload: RoutePayload) -> None:
         mark_running(session, {payload.job_id: utcnow()})
     outcome: RouteOutcome | None = None
     error: OnnxqError | None = None
+    started = time.perf_counter()
     try:
         outcome = execute(config, decision["backend"], payload.query, payload.image)
     except OnnxqError as exc:
         error = exc
-    row = route_log(config, payload, outcome)
+    total_ms = round((time.perf_counter() - started) * 1000, 3)
+    row = route_log(config, payload, outcome, total_ms)
     key = get_settings().audit_key_bytes()
     audit = (key, audit_row(key, payload, outcome)) if outcome is not None and outcome.served.model_id else None
     with session_scope() as session:
@@ -84,9 +87,12 @@ def result(decision: dict[str, Any], outcome: RouteOutcome) -> dict[str, Any]:
     return body
 
 
-def route_log(config: RouterConfig, payload: RoutePayload, outcome: RouteOutcome | None) -> dict[str, Any]:
-    """The route log row: the decision, the outcome, the cost, and the all-remote baseline (the
-    remote tier's first backend for this query, or the actual cost if the remote tier served)."""
+def route_log(
+    config: RouterConfig, payload: RoutePayload, outcome: RouteOutcome | None, total_ms: float
+) -> dict[str, Any]:
+    """The route log row: the decision, the outcome, the cost, the all-remote baseline (the
+    remote tier's first backend for this query, or the actual cost if the remote tier served),
+    and how long the whole execution took (`total_ms`)."""
     decision = payload.decision
     classification = decision["classification"]
     baseline = estimated_cost(config, config.routing.remote[0], classification["word_count"])
@@ -109,6 +115,7 @@ def route_log(config: RouterConfig, payload: RoutePayload, outcome: RouteOutcome
         "cost": served.cost if served else 0.0,
         "all_remote_cost": served.cost if served and served.tier == "remote" else (baseline if served else 0.0),
         "latency_ms": served.latency_ms if served else None,
+        "total_ms": total_ms,
         "prompt_tokens": served.prompt_tokens if served else None,
         "completion_tokens": served.completion_tokens if served else None,
     }

@@ -1,4 +1,5 @@
-"""Routing A/B tests: a test's kind, backend arms, the winning arm; model arms may be NULL
+"""Routing A/B tests: a test's kind, backend arms, the winning arm; model arms may be NULL; a
+route log's whole execution time
 
 Revision ID: 0007
 Revises: 0006
@@ -32,6 +33,8 @@ def upgrade() -> None:
         "UPDATE pytorch_ab_tests SET winner_arm = CASE WHEN winner_model_id = model_a_id THEN 'A' ELSE 'B' END "
         "WHERE winner_model_id IS NOT NULL"
     )
+    with op.batch_alter_table("route_logs") as batch:
+        batch.add_column(sa.Column("total_ms", sa.Float(), nullable=True))
     op.create_index(
         "uq_ab_tests_running_model",
         "pytorch_ab_tests",
@@ -43,6 +46,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("route_logs") as batch:
+        batch.drop_column("total_ms")
     op.drop_index("uq_ab_tests_running_model", table_name="pytorch_ab_tests")
     routing = "SELECT id FROM pytorch_ab_tests WHERE kind <> 'model'"
     op.execute(f"UPDATE jobs SET ab_test_id = NULL WHERE ab_test_id IN ({routing})")
