@@ -149,14 +149,22 @@ def start_ab_test(model: str) -> str | None:
     version 2 is the same network), for the demo's jobs; its name, or None."""
     from sqlmodel import col, select
 
-    from schema.abtests import create_test
+    from schema.abtests import create_test, running_row
     from schema.db import session_scope
     from schema.registry import split_ref
     from schema.tables import PytorchModel, utcnow
+    from workers.abtests import close_test
 
     name, version = split_ref(model)
     if version is not None:
         return None
+    with session_scope() as session:
+        running = running_row(session, name)
+    if running is not None and not running.test_name.startswith("demo-"):
+        err.print(f"(no A/B test: {name} is already in your running test {running.test_name!r})", markup=False)
+        return None
+    if running is not None:
+        close_test(running.test_name)  # left running by an interrupted demo
     with session_scope() as session:
         versions = session.exec(
             select(PytorchModel.model_version)

@@ -100,6 +100,8 @@ def create_test(
         raise OnnxqError("min_samples must be at least 2 per arm.", code="validation_error")
     if ends_at is not None and ends_at.tzinfo is None:
         ends_at = ends_at.replace(tzinfo=UTC)
+    if ends_at is not None and ends_at <= utcnow():
+        raise OnnxqError(f"The end ({ends_at.isoformat()}) has passed: give a time to come.", code="validation_error")
     common: dict[str, Any] = {
         "test_name": name,
         "traffic_split_percent": split_percent,

@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
 from onnxq.cli import app as cli
+from onnxq.errors import OnnxqError
 from onnxq.settings import get_settings
 from onnxq.split import variant_for
 from producer.client import submit_inference
@@ -310,7 +311,15 @@ def test_the_actor_closes_a_test_past_its_end(migrated: str) -> None:
     from workers.actors import evaluate_abtests
 
     _versions()
-    _create("ended", ends_at=utcnow() - timedelta(seconds=1))
+    # An end that has passed is refused when creating ...
+    with pytest.raises(OnnxqError) as refused:
+        _create("ended", ends_at=utcnow() - timedelta(seconds=1))
+    assert refused.value.code == "validation_error" and "has passed" in refused.value.message
+    # ... but reached by a running test, it closes the test
+    _create("ended", ends_at=utcnow() + timedelta(hours=1))
+    with session_scope() as session:
+        row = session.exec(select(PytorchABTest).where(col(PytorchABTest.test_name) == "ended")).one()
+        row.ends_at = utcnow() - timedelta(seconds=1)
     evaluate_abtests()  # the actor's function, called in process
     assert _row("ended").status == "closed"
 

@@ -4,6 +4,7 @@ the test Redis and database, driven by the Python HTTP client (`OnnxqClient`).""
 from __future__ import annotations
 
 import math
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -267,6 +268,11 @@ def test_demo_classifies_the_samples_over_http(tmp_path: Path, samples: list[Pat
         assert {row[-1].split(" ")[0] for row in cells} == {"100.0%"}
         # And an A/B test between the two versions, closed with its verdict (same network: no winner)
         assert "closed: no significant difference" in demo.stdout
+        with sqlite3.connect(tmp_path / "data" / "onnxq.db") as db:
+            assert db.execute("SELECT count(*) FROM pytorch_ab_tests WHERE status = 'running'").fetchone() == (0,)
+            if run == 1:
+                # (as if this run had been interrupted before closing its test: the next one closes it)
+                db.execute("UPDATE pytorch_ab_tests SET status = 'running', closed_at = NULL")
     # And the images went in over HTTP, in the web process's log of its own
     web_log = (tmp_path / "data" / "demo-web.log").read_text()
     assert web_log.count('"POST /v1/jobs/inference HTTP/1.1" 202') == 2 * len(samples)
