@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 import redis
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from onnxq import payloads
@@ -56,7 +56,7 @@ def decide_route(query: str, *, user_id: str | None = None, backend: str | None 
     check_query(query)
     try:
         test = cached_running_test(ROUTER, ROUTE)
-    except (OperationalError, ProgrammingError) as exc:
+    except SQLAlchemyError as exc:
         # Without the database no routing job can be recorded, but a decision can still be
         # given: by the configured split.
         log.warning("routing A/B tests unknown (database: %s); using the configured split", type(exc).__name__)

@@ -107,7 +107,7 @@ def decide(
         tier, reason = "remote", "complex-query"
     else:
         subject = user_id if user_id is not None else "query\x1f" + query
-        if test is not None and {test.arm_a, test.arm_b} <= config.backends.keys():
+        if test is not None and {test.arm_a, test.arm_b} <= {*config.routing.local, *config.routing.remote}:
             # The arm's backend is decided even while it cools down: a test counts each query
             # on the arm it was assigned to (execution falls back as for any decided backend).
             arm = variant_for(key, test.name, test.split_percent, subject)
@@ -116,7 +116,10 @@ def decide(
             return Decision(chosen, tier_of(config, chosen), "medium-query-abtest", classification, cost, arm, test.id)
         if test is not None and test.id not in _warned:
             _warned.add(test.id)
-            log.warning("A/B test %s names a backend the router config lacks; using the configured split", test.name)
+            log.warning(
+                "A/B test %s names a backend no longer in the router config's tiers; using the configured split",
+                test.name,
+            )
         variant = tier = medium_variant(config, key, subject)
         reason = "medium-query-ab"
     candidates: list[str] = getattr(config.routing, tier)
