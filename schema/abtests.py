@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -286,19 +287,26 @@ def _route_samples(session: Session, test_id: int) -> dict[str, ArmSample]:
     was paid; how many fell back, and how many no backend could answer (they cost nothing, and
     count with the time they took to fail)."""
     samples = {arm: ArmSample([], costs=[]) for arm in ARMS}
-    rows = session.exec(
-        select(Job.variant, RouteLog)
+    # Only the five columns used (sqlmodel's select is typed up to four).
+    rows = session.execute(
+        sa_select(
+            col(Job.variant),
+            col(RouteLog.total_ms),
+            col(RouteLog.cost),
+            col(RouteLog.fallback_used),
+            col(RouteLog.served_by),
+        )
         .join(RouteLog, col(RouteLog.job_id) == col(Job.id))
         .where(col(Job.ab_test_id) == test_id, col(RouteLog.total_ms).is_not(None))
     ).all()
-    for variant, logged in rows:
+    for variant, total_ms, cost, fallback_used, served_by in rows:
         sample = samples.get(variant or "")
-        if sample is None or logged.total_ms is None or sample.costs is None:
+        if sample is None or total_ms is None or sample.costs is None:
             continue
-        sample.latencies_ms.append(logged.total_ms)
-        sample.costs.append(logged.cost)
-        sample.fallbacks += int(logged.fallback_used and logged.served_by is not None)
-        sample.failed += int(logged.served_by is None)
+        sample.latencies_ms.append(total_ms)
+        sample.costs.append(cost)
+        sample.fallbacks += int(fallback_used and served_by is not None)
+        sample.failed += int(served_by is None)
     return samples
 
 

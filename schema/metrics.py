@@ -212,22 +212,16 @@ def _model_rows(session: Session, day: date) -> dict[Any, dict[str, Any]]:
             "accuracy": int(correct or 0) / int(n_labelled) if n_labelled else None,
             "mean_batch_size": _ms(float(batch_sizes[model_id])) if model_id in batch_sizes else None,
         }
-        times = inference.get(model_id)
-        row.update(
-            avg_inference_time_ms=times.mean if times else None,
-            p50_inference_time_ms=times.p50 if times else None,
-            p95_inference_time_ms=times.p95 if times else None,
-            p99_inference_time_ms=times.p99 if times else None,
-        )
-        times = total.get(model_id)
-        row.update(
-            avg_total_ms=times.mean if times else None,
-            p50_total_ms=times.p50 if times else None,
-            p95_total_ms=times.p95 if times else None,
-            p99_total_ms=times.p99 if times else None,
-        )
+        row.update(_summary_columns("inference_time_ms", inference.get(model_id)))
+        row.update(_summary_columns("total_ms", total.get(model_id)))
         rows[model_id] = row
     return rows
+
+
+def _summary_columns(measure: str, summary: Summary | None) -> dict[str, float | None]:
+    """The avg/p50/p95/p99 columns of `measure` (NULL without a summary)."""
+    figures = {"avg": summary.mean, "p50": summary.p50, "p95": summary.p95, "p99": summary.p99} if summary else {}
+    return {f"{stat}_{measure}": figures.get(stat) for stat in ("avg", "p50", "p95", "p99")}
 
 
 def _route_rows(session: Session, day: date) -> dict[Any, dict[str, Any]]:

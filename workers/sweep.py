@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import dramatiq
 from sqlalchemy import delete, func
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from onnxq import notify, payloads
 from onnxq.errors import JobLost
@@ -178,41 +180,39 @@ def purge_expired(now: datetime) -> PurgeCounts:
 
 
 def _purge_jobs(cutoff: datetime) -> int:
-    """Delete ended jobs that finished before `cutoff`, a batch per transaction."""
-    purged = 0
-    while True:
-        with session_scope() as session:
-            ids = list(
-                session.exec(
-                    select(Job.id)
-                    .where(col(Job.status).in_(TERMINAL_STATUSES))
-                    # created_at is implied by finished_at; it lets the (status, created_at) index help.
-                    .where(col(Job.created_at) < cutoff)
-                    .where(func.coalesce(Job.finished_at, Job.created_at) < cutoff)
-                    .limit(PURGE_BATCH_ROWS)
-                ).all()
-            )
-            if ids:
-                session.execute(delete(Job).where(col(Job.id).in_(ids)))
-        payloads.delete(*ids)
-        purged += len(ids)
-        if len(ids) < PURGE_BATCH_ROWS:
-            return purged
+    """Delete ended jobs that finished before `cutoff` (and any payload they left in Redis)."""
+    expired = (
+        select(Job.id)
+        .where(col(Job.status).in_(TERMINAL_STATUSES))
+        # created_at is implied by finished_at; it lets the (status, created_at) index help.
+        .where(col(Job.created_at) < cutoff)
+        .where(func.coalesce(Job.finished_at, Job.created_at) < cutoff)
+    )
+    return _delete_in_batches(Job, expired, then=lambda ids: payloads.delete(*ids))
 
 
 def _purge_route_logs(cutoff: datetime) -> int:
-    """Delete route logs written before `cutoff`, a batch per transaction (a long delete would
-    hold SQLite's write lock against the workers)."""
+    """Delete route logs written before `cutoff`."""
+    return _delete_in_batches(RouteLog, select(RouteLog.id).where(col(RouteLog.created_at) < cutoff))
+
+
+def _delete_in_batches(
+    table: type[Job] | type[RouteLog],
+    ids: SelectOfScalar[Any],
+    then: Callable[[list[Any]], None] = lambda _ids: None,
+) -> int:
+    """Delete the rows of `table` whose ids `ids` selects, `PURGE_BATCH_ROWS` per transaction (one
+    long delete would hold SQLite's write lock against the workers), calling `then` with each
+    batch's ids after its commit; how many were deleted."""
     purged = 0
     while True:
         with session_scope() as session:
-            ids = list(
-                session.exec(select(RouteLog.id).where(col(RouteLog.created_at) < cutoff).limit(PURGE_BATCH_ROWS)).all()
-            )
-            if ids:
-                session.execute(delete(RouteLog).where(col(RouteLog.id).in_(ids)))
-        purged += len(ids)
-        if len(ids) < PURGE_BATCH_ROWS:
+            batch = list(session.exec(ids.limit(PURGE_BATCH_ROWS)).all())
+            if batch:
+                session.execute(delete(table).where(col(table.id).in_(batch)))
+        then(batch)
+        purged += len(batch)
+        if len(batch) < PURGE_BATCH_ROWS:
             return purged
 
 
